@@ -1,0 +1,44 @@
+"""Model artifacts on disk: `config.json` plus `weights.safetensors` (never pickles)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def save_model_artifacts(directory: Path, config: dict[str, Any], model: torch.nn.Module, half: bool = False) -> Path:
+    """Write config.json and weights.safetensors; `half` stores float weights as fp16 to halve size."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        state[name] = tensor.half() if half and tensor.is_floating_point() else tensor
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return directory
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"model artifact {directory} has no {CONFIG_FILE}")
+    return json.loads(path.read_text())
+
+
+def load_weights(directory: Path, model: torch.nn.Module) -> torch.nn.Module:
+    """Load safetensors weights into `model`, casting to the model's dtypes; strict."""
+    state = load_file(str(directory / WEIGHTS_FILE))
+    reference = model.state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    if missing or unexpected:
+        raise ValueError(f"weights in {directory} do not match the model: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+    return model

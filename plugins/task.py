@@ -1,0 +1,106 @@
+"""The task contract: what a plugin hands the server for each task it serves.
+
+A task turns request bytes into a tensor (`preprocess`), owns a model that follows the
+encode / init_state / step contract (`load_model`), and turns a decoded sequence into JSON
+(`postprocess`). The server does everything in between — batching, decoding, streaming,
+HTTP, metrics — the same way for every task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plugins.nn.contract import EncoderDecoder
+from plugins.nn.search import DecodeResult
+from plugins.tracking import RunLogger
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Limits on one request's input; the server fills them from settings."""
+
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 16_000_000
+    max_frames: int = 512
+    max_duration_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An Open Inference Protocol (v2) tensor: name, datatype (BYTES, FP32, ...), shape."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class TrainOptions:
+    """Options common to every task's training; `extra` holds task-specific ones."""
+
+    output_dir: Path
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    max_steps: int | None = None  # stop early (smoke tests)
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    artifact_dir: Path
+    metrics: dict[str, float]
+    params: dict[str, Any]
+
+
+class Task(ABC):
+    """One servable task. Subclasses set the class attributes and implement the methods."""
+
+    name: str = ""
+    description: str = ""
+    # MIME types accepted for uploads, e.g. ("image/png", "image/jpeg").
+    content_types: tuple[str, ...] = ()
+    # Open Inference Protocol metadata for /v2/models/<name>.
+    v2_inputs: tuple[TensorSpec, ...] = ()
+    v2_outputs: tuple[TensorSpec, ...] = ()
+    default_max_length: int = 32
+
+    @abstractmethod
+    def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
+        """Build the model from an artifact directory (config JSON + safetensors), in eval mode."""
+
+    def bundled_artifacts(self) -> Path | None:
+        """Directory of the small demo model shipped with the plugin, if any."""
+        return None
+
+    @abstractmethod
+    def preprocess(self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits) -> Any:
+        """Validate and decode one request's bytes into the model's input; raise InputError."""
+
+    @abstractmethod
+    def postprocess(self, result: DecodeResult, model: EncoderDecoder, include_attention: bool) -> dict[str, Any]:
+        """JSON fields for one decoded sequence (e.g. caption, tokens, score)."""
+
+    def token_text(self, token_id: int, model: EncoderDecoder) -> str:
+        """Text of one emitted token, for streaming partial output."""
+        vocab = getattr(model, "vocab", None)
+        return vocab.itos[token_id] if vocab is not None else str(token_id)
+
+    def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
+        """Map one `postprocess` result to Open Inference Protocol output tensors by name."""
+        return {}
+
+    def train(self, options: TrainOptions, logger: RunLogger) -> TrainResult:
+        """Train a model and write its artifact directory to `options.output_dir`."""
+        raise NotImplementedError(f"task {self.name!r} has no training recipe")
+
+    def evaluate(self, artifact_dir: Path, logger: RunLogger, device: str = "cpu") -> dict[str, float]:
+        """Score a trained model on the task's test split."""
+        raise NotImplementedError(f"task {self.name!r} has no evaluation recipe")

@@ -1,0 +1,1 @@
+"""Plugin discovery (pluggy) and the model registry (MLflow)."""

@@ -1,0 +1,115 @@
+"""One request through a task: preprocess in worker threads, decode in the engine, postprocess.
+
+Shared by the task endpoints, the Open Inference Protocol endpoints and the Ray replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from starlette.requests import Request
+
+from plugins.nn.search import DecodeResult
+from server.engine import TokenCallback
+from server.errors import ApiError
+from server.params import GenerationParams, to_decode_params
+from server.runtime import Runtime, TaskService
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; its sequence was cancelled."""
+
+
+class Inference:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.executor = ThreadPoolExecutor(self.settings.preprocess_threads, thread_name_prefix="preprocess")
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def service(self, task: str) -> TaskService:
+        """The ready service for `task`: 404 if unknown, 503 if its model is not loaded."""
+        service = self.runtime.services.get(task)
+        if service is None:
+            raise ApiError(404, f"unknown task {task!r}; served tasks: {sorted(self.runtime.services)}")
+        if not service.ready:
+            reason = service.error or "its model is still loading"
+            raise ApiError(503, f"task {task!r} is not ready: {reason}", {"Retry-After": "5"})
+        return service
+
+    async def preprocess(self, service: TaskService, data: bytes, content_type: str | None) -> Any:
+        loop = asyncio.get_running_loop()
+        limits = self.settings.input_limits()
+        return await loop.run_in_executor(
+            self.executor, service.task.preprocess, data, content_type, service.model, limits
+        )
+
+    async def decode(
+        self,
+        service: TaskService,
+        inputs: Any,
+        params: GenerationParams,
+        request: Request | None = None,
+        on_token: TokenCallback | None = None,
+    ) -> DecodeResult:
+        """Decode in the engine; cancels the sequence on timeout or client disconnect."""
+        decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
+        generation = asyncio.ensure_future(service.engine.generate(inputs, decode_params, on_token))
+        waiters = {generation}
+        watcher = None
+        if request is not None:
+            watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+            waiters.add(watcher)
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if generation in done:
+            return generation.result()
+        generation.cancel()
+        if watcher is not None and watcher in done:
+            raise ClientDisconnected()
+        raise ApiError(504, f"task {service.name!r} did not answer within {self.settings.request_timeout_s:g} s")
+
+    def postprocess(self, service: TaskService, result: DecodeResult, params: GenerationParams) -> dict[str, Any]:
+        output = service.task.postprocess(result, service.model, params.attention)
+        output["model"] = {"name": service.name, "version": service.version}
+        return output
+
+    async def run(
+        self,
+        task: str,
+        data: bytes,
+        content_type: str | None,
+        params: GenerationParams,
+        request: Request | None = None,
+    ) -> dict[str, Any]:
+        service = self.service(task)
+        inputs = await self.preprocess(service, data, content_type)
+        result = await self.decode(service, inputs, params, request)
+        return self.postprocess(service, result, params)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # After the body is read, the next ASGI message on a live connection is the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,62 @@
+"""Decoding parameters a request may set, bounded by server settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.engine import DecodeParams
+from server.errors import ApiError
+from server.settings import Settings
+
+
+class GenerationParams(BaseModel):
+    """Per-request decoding options (query string, form fields or JSON body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beam_size: int = Field(1, ge=1, description="Beam width; 1 = greedy or sampling")
+    max_length: int | None = Field(None, ge=1, description="Most tokens to emit (task default if unset)")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy; > 0 samples")
+    top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0 = all")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass")
+    length_penalty: float = Field(0.0, ge=0.0, le=5.0, description="GNMT length penalty alpha (beam search)")
+    attention: bool = Field(False, description="Include attention weights per output token")
+    stream: bool = Field(False, description="Answer with server-sent events, one per token")
+
+
+PARAM_NAMES = tuple(GenerationParams.model_fields)
+
+
+def parse_params(raw: dict[str, Any], settings: Settings) -> GenerationParams:
+    """Validate raw (string or typed) values; 422 naming each bad parameter."""
+    unknown = sorted(set(raw) - set(PARAM_NAMES))
+    if unknown:
+        raise ApiError(422, f"unknown parameter(s) {unknown}; accepted: {list(PARAM_NAMES)}")
+    try:
+        params = GenerationParams.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, f"invalid parameter: {problems}") from None
+    if params.beam_size > settings.max_beam_size:
+        raise ApiError(422, f"beam_size {params.beam_size} is over the limit of {settings.max_beam_size}")
+    if params.max_length is not None and params.max_length > settings.max_output_length:
+        raise ApiError(422, f"max_length {params.max_length} is over the limit of {settings.max_output_length}")
+    if params.beam_size > 1 and params.temperature > 0:
+        raise ApiError(422, "beam_size > 1 cannot be combined with sampling (temperature > 0)")
+    if params.beam_size > 1 and params.stream:
+        raise ApiError(422, "stream=true needs beam_size 1: beam search only knows its output at the end")
+    return params
+
+
+def to_decode_params(params: GenerationParams, default_max_length: int, settings: Settings) -> DecodeParams:
+    return DecodeParams(
+        max_length=params.max_length or min(default_max_length, settings.max_output_length),
+        beam_size=params.beam_size,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        length_penalty=params.length_penalty,
+        keep_attention=params.attention,
+    )

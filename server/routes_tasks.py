@@ -1,0 +1,147 @@
+"""`POST /v1/<task>` for every served task, JSON or server-sent-event answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from server.errors import ApiError
+from server.inference import ClientDisconnected, Inference, Timer
+from server.params import GenerationParams, parse_params
+from server.request_body import read_task_input
+from server.runtime import TaskService
+
+ENDPOINT = "v1"
+
+
+def _openapi_body(service: TaskService) -> dict[str, Any]:
+    params = {
+        name: {"type": "string", "description": field.description or ""}
+        for name, field in GenerationParams.model_fields.items()
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}, **params},
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "data": {"type": "string", "description": "base64 of the input file"},
+                            "content_type": {"type": "string"},
+                            **params,
+                        },
+                    }
+                },
+                **{ct: {"schema": {"type": "string", "format": "binary"}} for ct in service.task.content_types},
+            },
+        }
+    }
+
+
+def add_task_routes(app: FastAPI, inference: Inference) -> None:
+    for service in inference.runtime.services.values():
+        _add_task_route(app, inference, service)
+
+
+def _add_task_route(app: FastAPI, inference: Inference, service: TaskService) -> None:
+    name = service.name
+    metrics = inference.runtime.metrics
+
+    async def run_task(request: Request) -> Response:
+        timer = Timer()
+        status = 500
+        try:
+            response = await _handle(request, inference, name)
+            status = response.status_code
+            return response
+        except ApiError as exc:
+            status = exc.status_code
+            raise
+        except ClientDisconnected:
+            status = 499  # nginx's "client closed request": nobody is left to read a response
+            return Response(status_code=499)
+        except Exception as exc:
+            status = getattr(exc, "status_code", 500)
+            raise
+        finally:
+            metrics.requests.labels(name, ENDPOINT, str(status)).inc()
+            metrics.latency.labels(name, ENDPOINT).observe(timer.elapsed)
+
+    app.add_api_route(
+        f"/v1/{name}",
+        run_task,
+        methods=["POST"],
+        name=f"run_{name}",
+        summary=f"Run {name}",
+        description=service.task.description
+        + "\n\nSend the input as multipart `file`, as JSON `{\"data\": <base64>}`, or as the raw body "
+        "with its Content-Type. Decoding parameters go in the query string, form fields or JSON.",
+        tags=["tasks"],
+        openapi_extra=_openapi_body(service),
+    )
+
+
+async def _handle(request: Request, inference: Inference, name: str) -> Response:
+    service = inference.service(name)
+    body = await read_task_input(request)
+    params = parse_params(body.params, inference.settings)
+    inputs = await inference.preprocess(service, body.data, body.content_type)
+    if params.stream:
+        return StreamingResponse(
+            _stream(inference, service, inputs, params),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    result = await inference.decode(service, inputs, params, request)
+    return JSONResponse(inference.postprocess(service, result, params))
+
+
+def _sse(event: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+async def _stream(inference: Inference, service: TaskService, inputs: Any, params: GenerationParams) -> AsyncIterator[bytes]:
+    tokens: asyncio.Queue[int] = asyncio.Queue()
+    generation = asyncio.ensure_future(inference.decode(service, inputs, params, None, tokens.put_nowait))
+    index = 0
+    try:
+        while True:
+            getter = asyncio.ensure_future(tokens.get())
+            done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                token = getter.result()
+                yield _sse("token", {"index": index, "token": service.task.token_text(token, service.model)})
+                index += 1
+                continue
+            getter.cancel()
+            while not tokens.empty():  # tokens that arrived together with the final result
+                token = tokens.get_nowait()
+                yield _sse("token", {"index": index, "token": service.task.token_text(token, service.model)})
+                index += 1
+            try:
+                result = generation.result()
+            except ApiError as exc:
+                yield _sse("error", {"error": exc.message, "status": exc.status_code})
+                return
+            except Exception as exc:
+                yield _sse("error", {"error": f"{type(exc).__name__}: {exc}", "status": 500})
+                return
+            yield _sse("result", inference.postprocess(service, result, params))
+            return
+    finally:
+        # A client that disconnects mid-stream cancels this generator; free its decode slot.
+        generation.cancel()

@@ -1,0 +1,63 @@
+"""The MLflow model registry: register, alias, resolve, cache fallback, listing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from registry.models import ModelNotFound, ModelRegistry
+
+
+def _artifact(tmp_path: Path, marker: str) -> Path:
+    directory = tmp_path / marker
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"marker": marker}))
+    (directory / "weights.safetensors").write_bytes(b"not really weights")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> ModelRegistry:
+    return ModelRegistry(tmp_path_factory.mktemp("registry"))
+
+
+def test_register_alias_resolve_round_trip(registry, tmp_path):
+    v1 = registry.register("roundtrip", _artifact(tmp_path, "one"), alias="production")
+    v2 = registry.register("roundtrip", _artifact(tmp_path, "two"))
+    assert (v1, v2) == ("1", "2")
+    resolved = registry.resolve("roundtrip", "production")
+    assert resolved.version == "1" and not resolved.from_cache
+    assert json.loads((resolved.path / "config.json").read_text()) == {"marker": "one"}
+    registry.set_alias("roundtrip", "production", v2)
+    resolved = registry.resolve("roundtrip", "production")
+    assert json.loads((resolved.path / "config.json").read_text()) == {"marker": "two"}
+    listing = {m["name"]: m for m in registry.list_models()}["roundtrip"]
+    assert [(v["version"], v["aliases"]) for v in listing["versions"]] == [("1", []), ("2", ["production"])]
+
+
+def test_bundled_weights_are_registered_once(registry, tmp_path):
+    bundled = _artifact(tmp_path, "bundled")
+    assert registry.ensure_bundled("bundled", bundled, "production") == "1"
+    assert registry.ensure_bundled("bundled", bundled, "production") is None
+    assert registry.resolve("bundled", "production").version == "1"
+
+
+def test_cache_serves_when_mlflow_is_unreachable(registry, tmp_path):
+    registry.register("offline", _artifact(tmp_path, "cached"), alias="production")
+    registry.resolve("offline", "production")  # fills the cache
+    unreachable = ModelRegistry(registry.data_dir, tracking_uri="http://127.0.0.1:9")
+    resolved = unreachable.resolve("offline", "production")
+    assert resolved.from_cache and resolved.version == "1"
+    assert json.loads((resolved.path / "config.json").read_text()) == {"marker": "cached"}
+
+
+def test_missing_model_is_a_clear_error(registry):
+    with pytest.raises(ModelNotFound, match="nothing@production"):
+        registry.resolve("nothing", "production")
+
+
+def test_register_rejects_a_directory_without_config(registry, tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        registry.register("bad", tmp_path)
