@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -92,10 +93,53 @@ class Inference:
         params: GenerationParams,
         request: Request | None = None,
     ) -> dict[str, Any]:
+        """The JSON result for one input."""
         service = self.service(task)
         inputs = await self.preprocess(service, data, content_type)
         result = await self.decode(service, inputs, params, request)
         return self.postprocess(service, result, params)
+
+    async def open_stream(
+        self, task: str, data: bytes, content_type: str | None, params: GenerationParams
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Validate and preprocess now (so bad input is still a 4xx), then return an iterator
+        of ("token", {...}) events and a final ("result", {...}) or ("error", {...})."""
+        service = self.service(task)
+        inputs = await self.preprocess(service, data, content_type)
+        return self._stream(service, inputs, params)
+
+    async def _stream(
+        self, service: TaskService, inputs: Any, params: GenerationParams
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        tokens: asyncio.Queue[int] = asyncio.Queue()
+        generation = asyncio.ensure_future(self.decode(service, inputs, params, None, tokens.put_nowait))
+        index = 0
+        try:
+            while True:
+                getter = asyncio.ensure_future(tokens.get())
+                done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield "token", {"index": index, "token": service.task.token_text(getter.result(), service.model)}
+                    index += 1
+                    continue
+                getter.cancel()
+                while not tokens.empty():  # tokens that arrived together with the final result
+                    token = tokens.get_nowait()
+                    yield "token", {"index": index, "token": service.task.token_text(token, service.model)}
+                    index += 1
+                try:
+                    result = generation.result()
+                except ApiError as exc:
+                    yield "error", {"error": exc.message, "status": exc.status_code}
+                    return
+                except Exception as exc:
+                    yield "error", {"error": f"{type(exc).__name__}: {exc}", "status": 500}
+                    return
+                yield "result", self.postprocess(service, result, params)
+                return
+        finally:
+            # A client that disconnects mid-stream closes this generator: free its decode slot.
+            generation.cancel()
 
 
 async def _wait_for_disconnect(request: Request) -> None:

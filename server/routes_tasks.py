@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -96,52 +95,19 @@ def _add_task_route(app: FastAPI, inference: Inference, service: TaskService) ->
 
 
 async def _handle(request: Request, inference: Inference, name: str) -> Response:
-    service = inference.service(name)
+    inference.service(name)  # 404 / 503 before reading a large body
     body = await read_task_input(request)
     params = parse_params(body.params, inference.settings)
-    inputs = await inference.preprocess(service, body.data, body.content_type)
     if params.stream:
+        events = await inference.open_stream(name, body.data, body.content_type, params)
         return StreamingResponse(
-            _stream(inference, service, inputs, params),
+            _server_sent_events(events),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    result = await inference.decode(service, inputs, params, request)
-    return JSONResponse(inference.postprocess(service, result, params))
+    return JSONResponse(await inference.run(name, body.data, body.content_type, params, request))
 
 
-def _sse(event: str, payload: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload)}\n\n".encode()
-
-
-async def _stream(inference: Inference, service: TaskService, inputs: Any, params: GenerationParams) -> AsyncIterator[bytes]:
-    tokens: asyncio.Queue[int] = asyncio.Queue()
-    generation = asyncio.ensure_future(inference.decode(service, inputs, params, None, tokens.put_nowait))
-    index = 0
-    try:
-        while True:
-            getter = asyncio.ensure_future(tokens.get())
-            done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                token = getter.result()
-                yield _sse("token", {"index": index, "token": service.task.token_text(token, service.model)})
-                index += 1
-                continue
-            getter.cancel()
-            while not tokens.empty():  # tokens that arrived together with the final result
-                token = tokens.get_nowait()
-                yield _sse("token", {"index": index, "token": service.task.token_text(token, service.model)})
-                index += 1
-            try:
-                result = generation.result()
-            except ApiError as exc:
-                yield _sse("error", {"error": exc.message, "status": exc.status_code})
-                return
-            except Exception as exc:
-                yield _sse("error", {"error": f"{type(exc).__name__}: {exc}", "status": 500})
-                return
-            yield _sse("result", inference.postprocess(service, result, params))
-            return
-    finally:
-        # A client that disconnects mid-stream cancels this generator; free its decode slot.
-        generation.cancel()
+async def _server_sent_events(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> AsyncIterator[bytes]:
+    async for event, payload in events:
+        yield f"event: {event}\ndata: {json.dumps(payload)}\n\n".encode()

@@ -23,13 +23,23 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> Iterator[str]:
+def running_server(
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+    extra_path: list[Path] | None = None,
+    include_examples: bool = True,
+) -> Iterator[str]:
     """Yield the base URL of a server that answered /v2/health/live; stop it afterwards."""
     port = free_port()
     full_env = {
         **os.environ,
         "MMSERVE_DATA_DIR": str(data_dir),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "examples" / "mmserve-echo" / "src")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT)]
+            + ([str(ROOT / "examples" / "mmserve-echo" / "src")] if include_examples else [])
+            + [str(p) for p in extra_path or []]
+        ),
         **(env or {}),
     }
     log_path = data_dir / f"server-{port}.log"
