@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,18 +22,25 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
-    """Build the app. Plugins are discovered now (routes need task names); models load at startup."""
-    settings = settings or Settings()
-    runtime = runtime or Runtime.from_settings(settings)
-    inference = Inference(runtime)
+def create_app(
+    settings: Settings | None = None, runtime: Runtime | None = None, inference: Inference | None = None
+) -> FastAPI:
+    """Build the app. Plugins are discovered now (routes need task names); models load at startup.
+
+    `inference` replaces the in-process one: the Ray backend passes one that calls task
+    deployments, so the same routes serve either backend.
+    """
+    if inference is None:
+        runtime = runtime or Runtime.from_settings(settings or Settings())
+        inference = Inference(runtime)
+    runtime = inference.runtime
+    settings = inference.settings
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await asyncio.to_thread(runtime.load_all)
+        await inference.start()
         yield
-        runtime.stop()
-        inference.shutdown()
+        await inference.stop()
 
     app = FastAPI(
         title="mmserve",
@@ -47,38 +53,24 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
     add_task_routes(app, inference)
     add_v2_routes(app, inference)
-    _add_meta_routes(app, runtime)
-    # Base64 in JSON grows a file by 4/3; multipart adds headers. The exact per-file limit is
-    # enforced again on the decoded bytes by the task's preprocess.
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    _add_meta_routes(app, inference)
+    # The exact per-file limit is enforced again on the decoded bytes by the task's preprocess.
+    app.add_middleware(BodySizeLimit, max_body_bytes=inference.max_body_bytes)
     return app
 
 
-def _add_meta_routes(app: FastAPI, runtime: Runtime) -> None:
+def _add_meta_routes(app: FastAPI, inference: Inference) -> None:
+    runtime = inference.runtime
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/tasks", tags=["meta"], summary="Served tasks, their plugins, model versions and health")
     async def tasks() -> JSONResponse:
-        return JSONResponse({"tasks": [_describe(s) for s in runtime.services.values()], "plugins": _plugins(runtime)})
-
-
-def _describe(service) -> dict[str, Any]:
-    return {
-        "name": service.name,
-        "plugin": service.plugin,
-        "status": service.status,
-        "error": service.error,
-        "model": {
-            "version": service.version,
-            "alias": service.resolved.alias if service.resolved else None,
-            "from_cache": service.resolved.from_cache if service.resolved else None,
-        },
-        "device": service.device,
-        "queue_depth": service.engine.queue_depth if service.engine else 0,
-        "active_sequences": service.engine.active_sequences if service.engine else 0,
-    }
+        await inference.refresh()
+        described = [inference.describe(s) for s in runtime.services.values()]
+        return JSONResponse({"tasks": described, "plugins": _plugins(runtime)})
 
 
 def _plugins(runtime: Runtime) -> list[dict[str, Any]]:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 class EngineOverloaded(RuntimeError):
     """The queue is full; the client should retry later (HTTP 503 + Retry-After)."""
 
+    status_code = 503
+
     def __init__(self, task: str, queue_size: int, retry_after_s: int = 1):
         super().__init__(f"task {task!r} is overloaded: {queue_size} requests already queued; retry later")
         self.retry_after_s = retry_after_s
@@ -41,6 +43,8 @@ class EngineOverloaded(RuntimeError):
 
 class EngineStopped(RuntimeError):
     """The engine is shutting down and takes no new requests."""
+
+    status_code = 503
 
 
 @dataclass(frozen=True)

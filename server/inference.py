@@ -30,8 +30,41 @@ class Inference:
         self.settings = runtime.settings
         self.executor = ThreadPoolExecutor(self.settings.preprocess_threads, thread_name_prefix="preprocess")
 
+    async def start(self) -> None:
+        """Load every task's model (at app startup; failures stay per task)."""
+        await asyncio.to_thread(self.runtime.load_all)
+
+    async def stop(self) -> None:
+        self.runtime.stop()
+        self.shutdown()
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body: a file at the upload limit, base64-encoded, plus form overhead."""
+        return self.settings.max_upload_bytes * 4 // 3 + 64 * 1024
+
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def refresh(self) -> None:
+        """Bring the services' status up to date before it is reported (in-process: always is)."""
+
+    def describe(self, service: TaskService) -> dict[str, Any]:
+        """One task's entry in `GET /v1/tasks`."""
+        return {
+            "name": service.name,
+            "plugin": service.plugin,
+            "status": service.status,
+            "error": service.error,
+            "model": {
+                "version": service.version,
+                "alias": service.resolved.alias if service.resolved else None,
+                "from_cache": service.resolved.from_cache if service.resolved else None,
+            },
+            "device": service.device,
+            "queue_depth": service.engine.queue_depth if service.engine else 0,
+            "active_sequences": service.engine.active_sequences if service.engine else 0,
+        }
 
     def service(self, task: str) -> TaskService:
         """The ready service for `task`: 404 if unknown, 503 if its model is not loaded."""
@@ -70,6 +103,10 @@ class Inference:
             done, _ = await asyncio.wait(
                 waiters, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
+        except asyncio.CancelledError:
+            # The caller gave up (a Ray ingress cancels its replica call when its client leaves).
+            generation.cancel()
+            raise
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -13,6 +13,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from server.errors import ApiError
+from server.v2_codec import CodecError, decompress_body
 
 
 @dataclass
@@ -22,12 +23,14 @@ class TaskInput:
     params: dict[str, Any]
 
 
-async def read_task_input(request: Request) -> TaskInput:
+async def read_task_input(request: Request, max_body_bytes: int) -> TaskInput:
     """Multipart (`file` + optional fields), JSON (`data` base64 + fields) or a raw body.
 
     Query parameters are decoding parameters too; body fields win over them.
     """
     params: dict[str, Any] = dict(request.query_params)
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        return await _read_compressed(request, params, max_body_bytes)
     media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         return await _read_multipart(request, params)
@@ -72,3 +75,26 @@ async def _read_json(request: Request, params: dict[str, Any]) -> TaskInput:
     content_type = body.pop("content_type", None)
     params.update(body)
     return TaskInput(data, content_type, params)
+
+
+async def _read_compressed(request: Request, params: dict[str, Any], max_body_bytes: int) -> TaskInput:
+    # Multipart and JSON parsers read the wire bytes, so a compressed body is inflated first
+    # (capped, so a small "zip bomb" is refused) and parsed as if it had been sent plain.
+    try:
+        body = decompress_body(await request.body(), request.headers.get("content-encoding"), max_body_bytes)
+    except CodecError as exc:
+        raise ApiError(exc.status_code, str(exc)) from None
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() not in (b"content-encoding", b"content-length")]
+    scope = {**request.scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await request.receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    inner = await read_task_input(Request(scope, receive), max_body_bytes)
+    inner.params = {**params, **inner.params}
+    return inner

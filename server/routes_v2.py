@@ -1,7 +1,462 @@
-"""Open Inference Protocol v2 (KServe / Triton) endpoints. (placeholder, being written)"""
+"""Open Inference Protocol v2 (KServe / Triton) endpoints, with Triton's binary tensor data
+extension, so `tritonclient.http` works unmodified.
 
-from fastapi import FastAPI
+Every served task is a v2 model named after the task; its version is the served model version.
+
+Inputs. A task takes one BYTES input (its `v2_inputs`). The first dimension is the batch:
+shape [N] (or [N, 1]) holds N independent inputs. Each is preprocessed and decoded as its own
+request, all submitted at once so the engine batches them; every output has N rows.
+
+- Binary form: each element is the raw file (image bytes, UTF-8 text, ...).
+- JSON form: each element is a string. For a task whose content types are all text/* (echo),
+  the string is the text itself. For any other task (images, audio, video) the string must be
+  base64 of the file, because a JSON string cannot carry arbitrary bytes; anything else is a
+  400 naming the element.
+- Optional `parameters.content_type` on the input is handed to the task as the upload's MIME
+  type; without it the task judges the bytes themselves.
+
+Parameters. Request-level `parameters` are decoding parameters (beam_size, max_length,
+temperature, top_k, top_p, length_penalty, attention), validated like the /v1 ones (422).
+`stream` is refused: use `POST /v1/<task>?stream=true` for server-sent events. Triton's own
+keys (binary_data_output, priority, timeout, sequence_*, triton_*) are accepted; only
+binary_data_output has an effect.
+
+Outputs. JSON data by default; binary when the requested output's `parameters.binary_data`
+is true, or, for outputs without that parameter, when the request parameter
+`binary_data_output` is true (tritonclient sets it when a request names no outputs). In JSON
+form a BYTES element is text when the task returns a str and base64 when it returns bytes.
+
+Bodies may be gzip or deflate compressed (Content-Encoding), and infer responses are
+compressed when Accept-Encoding asks for gzip or deflate. Errors are `{"error": "..."}` with
+400 (malformed tensors, or the task's own input errors: 413/415 likewise pass through), 404
+(unknown model or version), 413 (a batch longer than the task's queue, or a body that inflates
+past the limit), 415 (content encoding), 422 (parameters), 501 (a task without exactly one
+BYTES input) or 503 (not ready, overloaded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from plugins.errors import InputError
+from plugins.task import Task, TensorSpec
+from server import __version__
+from server.engine import EngineOverloaded, EngineStopped
+from server.errors import ApiError
+from server.inference import ClientDisconnected, Inference, Timer
+from server.params import GenerationParams, parse_params
+from server.runtime import TaskService
+from server.settings import Settings
+from server.v2_codec import (
+    NUMPY_DTYPES,
+    CodecError,
+    InferRequest,
+    build_body,
+    compress_body,
+    decode_base64_element,
+    decode_binary_tensor,
+    decode_json_tensor,
+    decompress_body,
+    element_count,
+    encode_binary_tensor,
+    encode_json_data,
+    json_object,
+    parse_infer_request,
+)
+
+ENDPOINT = "v2"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+PLATFORM = "pytorch"
+# Request parameters that belong to Triton or tritonclient, not to decoding.
+TRITON_PARAMS = frozenset(
+    {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
+)
+TRITON_PARAM_PREFIX = "triton_"
+_INFER_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object", "description": "decoding parameters, e.g. max_length"},
+                        "inputs": {"type": "array", "items": {"type": "object"}},
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"JSON header of {HEADER_LENGTH} bytes, then the binary tensors",
+            },
+        },
+    }
+}
 
 
-def add_v2_routes(app: FastAPI, inference) -> None:
-    pass
+@dataclass
+class OutputChoice:
+    spec: TensorSpec
+    binary: bool
+
+
+def add_v2_routes(app: FastAPI, inference: Inference) -> None:
+    """Register the v2 health, metadata and infer endpoints on `app`."""
+    _add_health_routes(app, inference)
+    _add_model_routes(app, inference)
+    _add_infer_routes(app, inference)
+
+
+# ----- health and metadata ------------------------------------------------------------------
+
+
+def _add_health_routes(app: FastAPI, inference: Inference) -> None:
+    tags = ["v2"]
+
+    @app.get("/v2", tags=tags, summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "mmserve", "version": __version__, "extensions": EXTENSIONS}
+
+    @app.get("/v2/health/live", tags=tags, summary="Liveness")
+    async def server_live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=tags, summary="Readiness: 200 when every task is ready, else 503")
+    async def server_ready() -> JSONResponse:
+        body = _readiness(inference)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+def _readiness(inference: Inference) -> dict[str, Any]:
+    runtime = inference.runtime
+    tasks = [
+        {"name": s.name, "ready": s.ready, "status": s.status, "version": s.version, "error": s.error}
+        for s in runtime.services.values()
+    ]
+    failed = [{"name": p.name, "source": p.source, "error": p.error} for p in runtime.discovery.failed]
+    # A server with no task at all has nothing to serve, so it must not take traffic either.
+    ready = bool(tasks) and all(t["ready"] for t in tasks)
+    body: dict[str, Any] = {"ready": ready, "tasks": tasks, "failed_plugins": failed}
+    if not ready:
+        waiting = [f"{t['name']} ({t['status']}{': ' + t['error'] if t['error'] else ''})" for t in tasks if not t["ready"]]
+        body["error"] = "tasks not ready: " + ", ".join(waiting) if waiting else "no tasks are served"
+    return body
+
+
+def _add_model_routes(app: FastAPI, inference: Inference) -> None:
+    tags = ["v2"]
+
+    @app.get("/v2/models/{model_name}", tags=tags, summary="Model metadata")
+    async def model_metadata(model_name: str) -> dict[str, Any]:
+        return _metadata(_known_model(inference, model_name))
+
+    @app.get("/v2/models/{model_name}/versions/{model_version}", tags=tags, summary="Model metadata (versioned)")
+    async def model_version_metadata(model_name: str, model_version: str) -> dict[str, Any]:
+        return _metadata(_known_model(inference, model_name, model_version))
+
+    @app.get("/v2/models/{model_name}/ready", tags=tags, summary="Model readiness")
+    async def model_ready(model_name: str) -> JSONResponse:
+        return _model_readiness(_known_model(inference, model_name))
+
+    @app.get("/v2/models/{model_name}/versions/{model_version}/ready", tags=tags, summary="Model readiness (versioned)")
+    async def model_version_ready(model_name: str, model_version: str) -> JSONResponse:
+        return _model_readiness(_known_model(inference, model_name, model_version))
+
+
+def _known_model(inference: Inference, name: str, version: str | None = None) -> TaskService:
+    """The service for `name`, ready or not (metadata is static); 404 if unknown."""
+    service = inference.runtime.services.get(name)
+    if service is None:
+        raise ApiError(404, f"unknown model {name!r}; served models: {sorted(inference.runtime.services)}")
+    if version is not None:
+        _check_version(service, version)
+    return service
+
+
+def _check_version(service: TaskService, version: str) -> None:
+    if service.version is None:
+        # No loaded model means no version to compare against: this is "not ready", not "absent".
+        raise ApiError(503, f"model {service.name!r} is not ready: {_not_ready_reason(service)}", {"Retry-After": "5"})
+    if version != service.version:
+        raise ApiError(
+            404, f"model {service.name!r} has no version {version!r}; the served version is {service.version!r}"
+        )
+
+
+def _not_ready_reason(service: TaskService) -> str:
+    return service.error or f"its model is {service.status}"
+
+
+def _metadata(service: TaskService) -> dict[str, Any]:
+    return {
+        "name": service.name,
+        "versions": [service.version] if service.version else [],
+        "platform": PLATFORM,
+        "inputs": [_tensor_metadata(spec) for spec in service.task.v2_inputs],
+        "outputs": [_tensor_metadata(spec) for spec in service.task.v2_outputs],
+    }
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    # A task declares one item's shape; the first dimension is the batch, so any size goes.
+    return {"name": spec.name, "datatype": spec.datatype, "shape": [-1, *spec.shape[1:]]}
+
+
+def _model_readiness(service: TaskService) -> JSONResponse:
+    if service.ready:
+        return JSONResponse({"name": service.name, "ready": True})
+    body = {"name": service.name, "ready": False, "error": f"model {service.name!r} is not ready: {_not_ready_reason(service)}"}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
+# ----- infer --------------------------------------------------------------------------------
+
+
+def _add_infer_routes(app: FastAPI, inference: Inference) -> None:
+    tags = ["v2"]
+
+    @app.post("/v2/models/{model_name}/infer", tags=tags, summary="Inference", openapi_extra=_INFER_OPENAPI)
+    async def infer(request: Request, model_name: str) -> Response:
+        return await _observed_infer(request, inference, model_name, None)
+
+    @app.post(
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+        tags=tags,
+        summary="Inference (versioned)",
+        openapi_extra=_INFER_OPENAPI,
+    )
+    async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
+        return await _observed_infer(request, inference, model_name, model_version)
+
+
+async def _observed_infer(request: Request, inference: Inference, model_name: str, version: str | None) -> Response:
+    """Run one infer request and record its status and latency."""
+    timer = Timer()
+    status = 500
+    try:
+        response = await _infer(request, inference, model_name, version)
+        status = response.status_code
+        return response
+    except ClientDisconnected:
+        status = 499  # nginx's "client closed request": nobody is left to read a response
+        return Response(status_code=499)
+    except Exception as exc:
+        status = _status_of(exc)
+        raise
+    finally:
+        # Only served tasks get a label: names from the URL would grow the metric without bound.
+        if model_name in inference.runtime.services:
+            metrics = inference.runtime.metrics
+            metrics.requests.labels(model_name, ENDPOINT, str(status)).inc()
+            metrics.latency.labels(model_name, ENDPOINT).observe(timer.elapsed)
+
+
+def _status_of(exc: Exception) -> int:
+    """The status the app's error handlers will answer `exc` with."""
+    if isinstance(exc, (EngineOverloaded, EngineStopped)):
+        return 503
+    return getattr(exc, "status_code", 500)
+
+
+async def _infer(request: Request, inference: Inference, model_name: str, version: str | None) -> Response:
+    _known_model(inference, model_name, version)  # v2 wording for unknown models and versions
+    service = inference.service(model_name)  # 503 unless ready
+    try:
+        body = decompress_body(
+            await request.body(), request.headers.get("content-encoding"), inference.max_body_bytes
+        )
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        params = _generation_params(parsed.params, inference.settings)
+        outputs = _choose_outputs(service.task, parsed)  # validated before any model work
+        input_name, items = _input_items(service.task, parsed)
+    except CodecError as exc:
+        raise ApiError(exc.status_code, str(exc)) from None
+    _check_batch_size(inference.settings, service.name, len(items))
+    prepared = await _preprocess_all(inference, service, input_name, items)
+    results = await _decode_all(inference, service, prepared, params, request)
+    per_item = [service.task.to_v2_outputs(inference.postprocess(service, r, params)) for r in results]
+    return _infer_response(service, parsed.id, outputs, per_item, request.headers.get("accept-encoding"))
+
+
+def _check_batch_size(settings: Settings, task: str, size: int) -> None:
+    # All N elements enter the engine's queue at once, so a batch longer than the queue would
+    # get "overloaded, retry later" forever; say what is actually wrong instead.
+    limit = settings.task(task).max_queue
+    if size > limit:
+        raise ApiError(413, f"batch of {size} is over the {limit} inputs task {task!r} can queue; split the request")
+
+
+def _generation_params(raw: dict[str, Any], settings: Settings) -> GenerationParams:
+    ours = {k: v for k, v in raw.items() if k not in TRITON_PARAMS and not k.startswith(TRITON_PARAM_PREFIX)}
+    params = parse_params(ours, settings)
+    if params.stream:
+        raise ApiError(422, "parameter 'stream' is not available over v2; use POST /v1/<task>?stream=true")
+    return params
+
+
+def _choose_outputs(task: Task, parsed: InferRequest) -> list[OutputChoice]:
+    """The outputs to return, in order, each with its binary flag; all declared ones by default."""
+    if parsed.outputs is None:
+        return [OutputChoice(spec, parsed.binary_output) for spec in task.v2_outputs]
+    declared = {spec.name: spec for spec in task.v2_outputs}
+    chosen: list[OutputChoice] = []
+    for requested in parsed.outputs:
+        name = requested.get("name")
+        if name not in declared:
+            raise CodecError(f"unknown output {name!r} for model {task.name!r}; its outputs are {list(declared)}")
+        if any(c.spec.name == name for c in chosen):
+            raise CodecError(f"output {name!r} is requested twice")
+        params = json_object(requested.get("parameters"), f"parameters of output {name!r}")
+        for unsupported in ("classification", "shared_memory_region"):
+            if unsupported in params:
+                raise CodecError(f"output parameter {unsupported!r} is not supported")
+        binary = params.get("binary_data", parsed.binary_output)
+        if not isinstance(binary, bool):
+            raise CodecError(f"binary_data of output {name!r} must be true or false, got {binary!r}")
+        chosen.append(OutputChoice(declared[name], binary))
+    return chosen
+
+
+def _input_items(task: Task, parsed: InferRequest) -> tuple[str, list[tuple[bytes, str | None]]]:
+    """The input's name and one (bytes, content type) per batch element."""
+    spec = _single_input(task)
+    if len(parsed.inputs) != 1 or parsed.inputs[0].get("name") != spec.name:
+        names = [t.get("name") for t in parsed.inputs]
+        unknown = [n for n in names if n != spec.name]
+        problem = f"unknown input {unknown[0]!r}" if unknown else f"input {spec.name!r} is sent {len(names)} times"
+        raise CodecError(f"{problem} for model {task.name!r}; it takes exactly one input, {spec.name!r}")
+    tensor, chunk = parsed.inputs[0], parsed.chunks[0]
+    if tensor.get("datatype") != spec.datatype:
+        raise CodecError(f"input {spec.name!r} has datatype {tensor.get('datatype')!r}; it must be {spec.datatype}")
+    shape = tensor.get("shape")
+    _check_batch_shape(spec.name, shape)
+    elements = _decode_elements(task, spec.name, tensor, chunk)
+    params = json_object(tensor.get("parameters"), f"parameters of input {spec.name!r}")
+    content_type = params.get("content_type")
+    if content_type is not None and not isinstance(content_type, str):
+        raise CodecError(f"content_type of input {spec.name!r} must be a string")
+    return spec.name, [(element, content_type) for element in elements]
+
+
+def _single_input(task: Task) -> TensorSpec:
+    # Task.preprocess takes one file per request, so a v2 model has exactly one BYTES input.
+    if len(task.v2_inputs) != 1 or task.v2_inputs[0].datatype != "BYTES":
+        raise ApiError(
+            501, f"model {task.name!r} declares v2 inputs {task.v2_inputs}; the v2 endpoint needs exactly one BYTES input"
+        )
+    return task.v2_inputs[0]
+
+
+def _check_batch_shape(name: str, shape: Any) -> None:
+    count = element_count(shape)
+    if not shape or shape[0] < 1 or count != shape[0]:
+        raise CodecError(
+            f"input {name!r} has shape {shape}; it must be [N] or [N, 1]: a batch of N >= 1, one element per item"
+        )
+
+
+def _decode_elements(task: Task, name: str, tensor: dict[str, Any], chunk: bytes | None) -> list[bytes]:
+    where = f"input {name!r}"
+    try:
+        if chunk is not None:
+            if "data" in tensor:
+                raise CodecError("it has both 'data' and binary_data_size; send one")
+            return decode_binary_tensor("BYTES", tensor["shape"], chunk)
+        if "data" not in tensor:
+            raise CodecError("it needs 'data' or parameters.binary_data_size")
+        elements = decode_json_tensor("BYTES", tensor["shape"], tensor["data"])
+    except CodecError as exc:
+        raise CodecError(f"{where}: {exc}") from None
+    if _takes_text(task):
+        return elements
+    return [decode_base64_element(e, f"{where} element {i}") for i, e in enumerate(elements)]
+
+
+def _takes_text(task: Task) -> bool:
+    return bool(task.content_types) and all(ct.startswith("text/") for ct in task.content_types)
+
+
+async def _preprocess_all(
+    inference: Inference, service: TaskService, name: str, items: list[tuple[bytes, str | None]]
+) -> list[Any]:
+    """Preprocess every element in the worker threads; the lowest failing element answers."""
+    outcomes = await asyncio.gather(
+        *(inference.preprocess(service, data, content_type) for data, content_type in items), return_exceptions=True
+    )
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, InputError):
+            where = f"input {name!r}" + (f" element {index}" if len(items) > 1 else "")
+            raise ApiError(outcome.status_code, f"{where}: {outcome}") from None
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+async def _decode_all(
+    inference: Inference, service: TaskService, prepared: list[Any], params: GenerationParams, request: Request
+) -> list[Any]:
+    # Submitted together so the engine's micro-batcher encodes them as one batch.
+    jobs = [asyncio.ensure_future(inference.decode(service, inputs, params, request)) for inputs in prepared]
+    try:
+        return await asyncio.gather(*jobs)
+    finally:
+        # When one element fails (or the client leaves) the others' answers are useless:
+        # cancelling frees their decode slots. A no-op for jobs that already finished.
+        for job in jobs:
+            job.cancel()
+
+
+def _infer_response(
+    service: TaskService,
+    request_id: str,
+    outputs: list[OutputChoice],
+    per_item: list[dict[str, Any]],
+    accept_encoding: str | None,
+) -> Response:
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for choice in outputs:
+        tensor, blob = _output_tensor(service.name, choice, [item.get(choice.spec.name) for item in per_item])
+        tensors.append(tensor)
+        if blob is not None:
+            blobs.append(blob)
+    header = {"model_name": service.name, "model_version": service.version, "id": request_id, "outputs": tensors}
+    body, header_length = build_body(header, blobs)
+    headers = {"Vary": "Accept-Encoding"}
+    media_type = "application/json"
+    if header_length is not None:
+        headers[HEADER_LENGTH] = str(header_length)
+        media_type = "application/octet-stream"
+    body, encoding = compress_body(body, accept_encoding)
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _output_tensor(model: str, choice: OutputChoice, values: list[Any]) -> tuple[dict[str, Any], bytes | None]:
+    """One output tensor of N rows (JSON data or a binary blob) from the task's per-item values."""
+    spec = choice.spec
+    try:
+        if any(v is None for v in values):
+            raise ValueError("to_v2_outputs did not return it")
+        array = np.asarray(values, dtype=object if spec.datatype == "BYTES" else NUMPY_DTYPES[spec.datatype])
+        tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
+        if not choice.binary:
+            tensor["data"] = encode_json_data(spec.datatype, array)
+            return tensor, None
+        blob = encode_binary_tensor(spec.datatype, array)
+    except (CodecError, ValueError, TypeError, KeyError) as exc:
+        # The task broke its own declaration: a server-side bug, so no 4xx status.
+        raise RuntimeError(f"task {model!r} gave an unusable value for its v2 output {spec.name!r}: {exc}") from exc
+    tensor["parameters"] = {"binary_data_size": len(blob)}
+    return tensor, blob

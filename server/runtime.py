@@ -77,13 +77,14 @@ class Runtime:
         for service in self.services.values():
             self.load(service)
 
-    def load(self, service: TaskService) -> None:
+    def load(self, service: TaskService, device: torch.device | None = None) -> None:
+        """Load `service`'s model on `device` (default: from its settings) and start its engine."""
         task_settings = self.settings.task(service.name)
         try:
             if self.settings.register_bundled:
                 self.registry.ensure_bundled(service.name, service.task.bundled_artifacts(), task_settings.alias)
             service.resolved = self.registry.resolve(service.name, task_settings.alias)
-            device = resolve_device(task_settings.device)
+            device = device or resolve_device(task_settings.device)
             service.model = service.task.load_model(service.resolved.path, device)
             service.device = str(device)
             service.engine = TaskEngine(

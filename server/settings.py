@@ -10,11 +10,29 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from plugins.task import InputLimits
 from server.engine import EngineConfig
+
+
+class AutoscalingSettings(BaseModel):
+    """Ray Serve autoscaling of one task's replicas on ongoing requests per replica."""
+
+    model_config = {"extra": "forbid"}
+
+    min_replicas: int = Field(1, ge=0, le=1024, description="Fewest replicas (0 scales to zero when idle)")
+    max_replicas: int = Field(4, ge=1, le=1024, description="Most replicas")
+    target_ongoing_requests: float = Field(
+        16.0, gt=0, le=100_000, description="Requests per replica Serve scales towards; batching wants several"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
 
 
 class TaskSettings(BaseModel):
@@ -27,10 +45,61 @@ class TaskSettings(BaseModel):
     max_batch_size: int = Field(16, ge=1, le=1024, description="Inputs per encoder batch")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="Wait from the first arrival for a fuller batch")
     max_active: int = Field(64, ge=1, le=4096, description="Sequences decoding at once")
-    max_queue: int = Field(256, ge=0, le=100_000, description="Requests waiting beyond those decoding; then 503")
+    max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting for a decode slot; then 503")
+
+    # Ray Serve only (`backend: ray` and `mmserve serve-config`); the embedded server ignores them.
+    num_replicas: int | None = Field(
+        None, ge=1, le=1024, description="Fixed replica count (1 if unset); exclusive with autoscaling"
+    )
+    autoscaling: AutoscalingSettings | None = Field(None, description="Scale replicas with load instead")
+    num_cpus: float = Field(0.5, ge=0, le=1024, description="Logical CPUs Ray reserves per replica")
+    num_gpus: float = Field(0, ge=0, le=64, description="GPUs per replica; a fraction (0.5) shares one GPU")
+    max_ongoing_requests: int = Field(
+        64, ge=1, le=100_000, description="Requests one replica works on at once (keep >= max_active to batch)"
+    )
+    max_queued_requests: int = Field(
+        256, ge=-1, le=1_000_000, description="Requests waiting for a replica per caller; then 503. -1: no limit"
+    )
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_gpus_above_one(cls, value: float) -> float:
+        # Ray packs fractions onto one device; above one GPU it only hands out whole devices.
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"num_gpus above 1 must be a whole number, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> TaskSettings:
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set num_replicas or autoscaling, not both")
+        if self.autoscaling is not None and self.autoscaling.target_ongoing_requests > self.max_ongoing_requests:
+            raise ValueError(
+                f"autoscaling.target_ongoing_requests ({self.autoscaling.target_ongoing_requests:g}) is above "
+                f"max_ongoing_requests ({self.max_ongoing_requests}): replicas could never reach the target"
+            )
+        return self
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(self.max_batch_size, self.max_wait_ms, self.max_active, self.max_queue)
+
+
+class RaySettings(BaseModel):
+    """The Ray cluster and the ingress deployment (`backend: ray`)."""
+
+    model_config = {"extra": "forbid"}
+
+    address: str | None = Field(
+        None, description="Cluster to join, e.g. ray://head:10001; unset: RAY_ADDRESS, else start a local one"
+    )
+    app_name: str = Field("mmserve", min_length=1, description="Ray Serve application name")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a locally started cluster (all if unset)")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of a locally started cluster (detected if unset)")
+    ingress_replicas: int = Field(1, ge=1, le=1024, description="Replicas of the HTTP ingress (no model)")
+    ingress_num_cpus: float = Field(0.25, ge=0, le=1024, description="Logical CPUs per ingress replica")
+    ingress_max_ongoing_requests: int = Field(
+        1000, ge=1, le=1_000_000, description="Requests one ingress replica relays at once"
+    )
 
 
 class Settings(BaseSettings):
@@ -56,6 +125,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="A request still unanswered after this gets 504")
     preprocess_threads: int = Field(4, ge=1, le=256, description="Worker threads decoding uploads")
     tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per-task settings by task name")
+    ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster and ingress (backend: ray)")
 
     @field_validator("plugins", "plugin_modules", mode="before")
     @classmethod

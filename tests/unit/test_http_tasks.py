@@ -144,3 +144,25 @@ def test_openapi_documents_task_endpoints(client):
     body = spec["paths"]["/v1/echo"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json", "text/plain"} <= set(body)
     assert client.get("/docs").status_code == 200
+
+
+def test_compressed_bodies_are_inflated(client):
+    import gzip
+
+    response = client.post("/v1/echo", content=gzip.compress(b"zipped"), headers={**TEXT, "content-encoding": "gzip"})
+    assert response.json()["text"] == "ZIPPED"
+    bad = client.post("/v1/echo", content=b"not gzip", headers={**TEXT, "content-encoding": "gzip"})
+    assert bad.status_code == 400 and "gzip" in bad.json()["error"]
+    unknown = client.post("/v1/echo", content=b"x", headers={**TEXT, "content-encoding": "br"})
+    assert unknown.status_code == 415
+
+
+def test_overload_is_counted_as_503(tmp_path):
+    settings = Settings(data_dir=tmp_path, plugins=["none"], plugin_modules=[ECHO_MODULE])
+    app = create_app(settings)
+    with TestClient(app) as local:
+        engine = app.state.runtime.services["echo"].engine
+        engine.stop()  # a stopped engine refuses new work, like a shed request
+        response = local.post("/v1/echo", content=b"abc", headers=TEXT)
+        assert response.status_code == 503 and "Retry-After" in response.headers
+        assert 'status="503"' in local.get("/metrics").text
