@@ -97,7 +97,7 @@ class Inference:
         waiters = {generation}
         watcher = None
         if request is not None:
-            watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+            watcher = asyncio.ensure_future(wait_for_disconnect(request))
             waiters.add(watcher)
         try:
             done, _ = await asyncio.wait(
@@ -179,7 +179,7 @@ class Inference:
             generation.cancel()
 
 
-async def _wait_for_disconnect(request: Request) -> None:
+async def wait_for_disconnect(request: Request) -> None:
     # After the body is read, the next ASGI message on a live connection is the disconnect.
     while True:
         message = await request.receive()

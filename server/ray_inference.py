@@ -9,10 +9,8 @@ and postprocesses. The ingress holds no model: its `TaskService`s carry the task
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.requests import Request
 
 from registry.models import ResolvedModel
-from server.engine import TokenCallback
 from server.errors import ApiError
-from server.inference import ClientDisconnected, Inference, _wait_for_disconnect
+from server.inference import ClientDisconnected, Inference, wait_for_disconnect
 from server.params import GenerationParams
 from server.ray_replica import ACCEPTED, REJECTED
 from server.runtime import Runtime, TaskService
@@ -34,16 +31,10 @@ log = logging.getLogger(__name__)
 # The replica enforces request_timeout_s itself (504); the ingress waits a little longer so
 # that answer, not a second timeout here, reaches the client.
 TIMEOUT_MARGIN_S = 5.0
+# How often the ingress asks replicas about a task that is still loading.
+LOADING_REFRESH_S = 0.5
 # A replica that died or is restarting: the client may retry at once on another one.
 _REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
-
-
-@dataclass(frozen=True)
-class DeferredInput:
-    """An input the ingress cannot preprocess (it has no model): sent as bytes to a replica."""
-
-    data: bytes
-    content_type: str | None
 
 
 class RayInference(Inference):
@@ -74,7 +65,10 @@ class RayInference(Inference):
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_interval_s)
+            # Serve starts the ingress and the task replicas together: while a task is still
+            # loading, look again soon, so it does not answer 503 for long after it is ready.
+            loading = any(s.status == "loading" for s in self.runtime.services.values())
+            await asyncio.sleep(LOADING_REFRESH_S if loading else self.refresh_interval_s)
             try:
                 await self.refresh()
             except Exception:  # keep the last known status; the next round may succeed
@@ -120,8 +114,7 @@ class RayInference(Inference):
                     raise _replica_gone(task, exc) from None
                 log.warning("a replica of task %s went away mid-request (%s); retrying once", task, exc)
             except BackPressureError:
-                raise ApiError(503, f"task {task!r} is overloaded: its request queue is full; retry later",
-                               {"Retry-After": "1"}) from None
+                raise _overloaded(task) from None
         if "error" in reply:
             raise _api_error(reply["error"])
         return reply["output"]
@@ -138,12 +131,11 @@ class RayInference(Inference):
             )
         except asyncio.TimeoutError:
             events.cancel()
-            raise ApiError(504, f"task {task!r} did not start answering within {self.settings.request_timeout_s:g} s") from None
+            raise _timed_out(task, self.settings.request_timeout_s) from None
         except StopAsyncIteration:
             raise ApiError(500, f"a replica of task {task!r} ended the stream without answering") from None
         except BackPressureError:
-            raise ApiError(503, f"task {task!r} is overloaded: its request queue is full; retry later",
-                           {"Retry-After": "1"}) from None
+            raise _overloaded(task) from None
         except _REPLICA_GONE as exc:
             raise _replica_gone(task, exc) from None
         if event == REJECTED:
@@ -157,12 +149,11 @@ class RayInference(Inference):
         waiters: set[asyncio.Future] = {reply}
         watcher = None
         if request is not None:
-            watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+            watcher = asyncio.ensure_future(wait_for_disconnect(request))
             waiters.add(watcher)
         try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=self.settings.request_timeout_s + TIMEOUT_MARGIN_S, return_when=asyncio.FIRST_COMPLETED
-            )
+            timeout = self.settings.request_timeout_s + TIMEOUT_MARGIN_S
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             response.cancel()
             reply.cancel()
@@ -176,30 +167,7 @@ class RayInference(Inference):
         reply.cancel()
         if watcher is not None and watcher in done:
             raise ClientDisconnected()
-        raise ApiError(504, f"task {task!r} did not answer within {self.settings.request_timeout_s:g} s")
-
-    # ----- the lower-level calls some routes make (Open Inference Protocol) -----------------------
-    #
-    # Without a model the ingress cannot preprocess, so the whole request runs in `decode` on a
-    # replica and `postprocess` passes the replica's JSON through. Input errors therefore surface
-    # from `decode`, not `preprocess`.
-
-    async def preprocess(self, service: TaskService, data: bytes, content_type: str | None) -> DeferredInput:
-        return DeferredInput(data, content_type)
-
-    async def decode(
-        self,
-        service: TaskService,
-        inputs: DeferredInput,
-        params: GenerationParams,
-        request: Request | None = None,
-        on_token: TokenCallback | None = None,
-    ) -> dict[str, Any]:
-        assert on_token is None, "streaming through the Ray backend goes through open_stream"
-        return await self.run(service.name, inputs.data, inputs.content_type, params, request)
-
-    def postprocess(self, service: TaskService, result: dict[str, Any], params: GenerationParams) -> dict[str, Any]:
-        return result
+        raise _timed_out(task, self.settings.request_timeout_s)
 
 
 async def _relay(task: str, events) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -252,5 +220,14 @@ def _api_error(payload: dict[str, Any]) -> ApiError:
 
 
 def _replica_gone(task: str, exc: BaseException) -> ApiError:
-    return ApiError(503, f"a replica of task {task!r} is unavailable ({type(exc).__name__}); retry",
-                    {"Retry-After": "1"})
+    message = f"a replica of task {task!r} is unavailable ({type(exc).__name__}); retry"
+    return ApiError(503, message, {"Retry-After": "1"})
+
+
+def _overloaded(task: str) -> ApiError:
+    # Serve's max_queued_requests: the same answer as a full engine queue in embedded mode.
+    return ApiError(503, f"task {task!r} is overloaded: its request queue is full; retry later", {"Retry-After": "1"})
+
+
+def _timed_out(task: str, timeout_s: float) -> ApiError:
+    return ApiError(504, f"task {task!r} did not answer within {timeout_s:g} s")

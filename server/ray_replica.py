@@ -26,7 +26,7 @@ from server.errors import ApiError
 from server.inference import Inference
 from server.params import GenerationParams
 from server.runtime import Runtime
-from server.settings import Settings
+from server.settings import resolved_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class TaskReplica:
     """The Serve deployment class of one task (one instance per replica)."""
 
     def __init__(self, task: str, settings: dict[str, Any]):
-        self.settings = Settings(**settings)
+        self.settings = resolved_settings(settings)
         runtime = Runtime.from_settings(self.settings)
         if task not in runtime.services:
             raise LookupError(f"task {task!r} is not provided by any plugin here; found {sorted(runtime.services)}")

@@ -49,7 +49,7 @@ from plugins.task import Task, TensorSpec
 from server import __version__
 from server.engine import EngineOverloaded, EngineStopped
 from server.errors import ApiError
-from server.inference import ClientDisconnected, Inference, Timer
+from server.inference import ClientDisconnected, Inference, Timer, wait_for_disconnect
 from server.params import GenerationParams, parse_params
 from server.runtime import TaskService
 from server.settings import Settings
@@ -282,9 +282,8 @@ async def _infer(request: Request, inference: Inference, model_name: str, versio
     except CodecError as exc:
         raise ApiError(exc.status_code, str(exc)) from None
     _check_batch_size(inference.settings, service.name, len(items))
-    prepared = await _preprocess_all(inference, service, input_name, items)
-    results = await _decode_all(inference, service, prepared, params, request)
-    per_item = [service.task.to_v2_outputs(inference.postprocess(service, r, params)) for r in results]
+    results = await _run_all(inference, service.name, input_name, items, params, request)
+    per_item = [service.task.to_v2_outputs(result) for result in results]
     return _infer_response(service, parsed.id, outputs, per_item, request.headers.get("accept-encoding"))
 
 
@@ -386,34 +385,45 @@ def _takes_text(task: Task) -> bool:
     return bool(task.content_types) and all(ct.startswith("text/") for ct in task.content_types)
 
 
-async def _preprocess_all(
-    inference: Inference, service: TaskService, name: str, items: list[tuple[bytes, str | None]]
-) -> list[Any]:
-    """Preprocess every element in the worker threads; the lowest failing element answers."""
-    outcomes = await asyncio.gather(
-        *(inference.preprocess(service, data, content_type) for data, content_type in items), return_exceptions=True
-    )
+async def _run_all(
+    inference: Inference,
+    task: str,
+    name: str,
+    items: list[tuple[bytes, str | None]],
+    params: GenerationParams,
+    request: Request,
+) -> list[dict[str, Any]]:
+    """Run every element as its own request, all at once so the engine batches them.
+
+    The lowest-index element that fails answers the whole request, its error prefixed with
+    the element's place. One disconnect watcher serves the batch; leaving cancels every element.
+    """
+    jobs = [asyncio.ensure_future(inference.run(task, data, content_type, params)) for data, content_type in items]
+    watcher = asyncio.ensure_future(wait_for_disconnect(request))
+    everything = asyncio.ensure_future(asyncio.gather(*jobs, return_exceptions=True))
+    try:
+        done, _ = await asyncio.wait({everything, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if everything not in done:
+            raise ClientDisconnected()
+        outcomes = everything.result()
+    finally:
+        watcher.cancel()
+        for job in jobs:  # a no-op for jobs that already finished
+            job.cancel()
     for index, outcome in enumerate(outcomes):
-        if isinstance(outcome, InputError):
-            where = f"input {name!r}" + (f" element {index}" if len(items) > 1 else "")
-            raise ApiError(outcome.status_code, f"{where}: {outcome}") from None
         if isinstance(outcome, BaseException):
-            raise outcome
+            raise _located(outcome, name, index, len(items))
     return outcomes
 
 
-async def _decode_all(
-    inference: Inference, service: TaskService, prepared: list[Any], params: GenerationParams, request: Request
-) -> list[Any]:
-    # Submitted together so the engine's micro-batcher encodes them as one batch.
-    jobs = [asyncio.ensure_future(inference.decode(service, inputs, params, request)) for inputs in prepared]
-    try:
-        return await asyncio.gather(*jobs)
-    finally:
-        # When one element fails (or the client leaves) the others' answers are useless:
-        # cancelling frees their decode slots. A no-op for jobs that already finished.
-        for job in jobs:
-            job.cancel()
+def _located(exc: BaseException, name: str, index: int, count: int) -> BaseException:
+    """Name the failing element in a client error; other errors pass through unchanged."""
+    where = f"input {name!r}" + (f" element {index}" if count > 1 else "")
+    if isinstance(exc, InputError):
+        return ApiError(exc.status_code, f"{where}: {exc}")
+    if isinstance(exc, ApiError) and 400 <= exc.status_code < 500:
+        return ApiError(exc.status_code, f"{where}: {exc.message}", exc.headers)
+    return exc
 
 
 def _infer_response(

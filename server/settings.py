@@ -90,7 +90,7 @@ class RaySettings(BaseModel):
     model_config = {"extra": "forbid"}
 
     address: str | None = Field(
-        None, description="Cluster to join, e.g. ray://head:10001; unset: RAY_ADDRESS, else start a local one"
+        None, description="Cluster to join, e.g. 10.0.0.5:6379; unset: RAY_ADDRESS, else start a local one"
     )
     app_name: str = Field("mmserve", min_length=1, description="Ray Serve application name")
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a locally started cluster (all if unset)")
@@ -157,6 +157,30 @@ class Settings(BaseSettings):
 
     def input_limits(self) -> InputLimits:
         return InputLimits(self.max_upload_bytes, self.max_pixels, self.max_frames, self.max_duration_s)
+
+
+class _ResolvedSettings(Settings):
+    """Settings resolved elsewhere and passed along whole: neither environment nor YAML is read."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def resolved_settings(values: dict[str, Any]) -> Settings:
+    """Settings exactly as `values` says (defaults for the rest), ignoring MMSERVE_* and YAML.
+
+    A Ray replica receives the settings its driver resolved; re-reading its own environment
+    could disagree with the driver, or fail on an MMSERVE_CONFIG path that only exists there.
+    """
+    return _ResolvedSettings(**values)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
