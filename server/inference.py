@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -94,28 +94,12 @@ class Inference:
         """Decode in the engine; cancels the sequence on timeout or client disconnect."""
         decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
         generation = asyncio.ensure_future(service.engine.generate(inputs, decode_params, on_token))
-        waiters = {generation}
-        watcher = None
-        if request is not None:
-            watcher = asyncio.ensure_future(wait_for_disconnect(request))
-            waiters.add(watcher)
         try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        except asyncio.CancelledError:
-            # The caller gave up (a Ray ingress cancels its replica call when its client leaves).
-            generation.cancel()
-            raise
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-        if generation in done:
-            return generation.result()
-        generation.cancel()
-        if watcher is not None and watcher in done:
-            raise ClientDisconnected()
-        raise ApiError(504, f"task {service.name!r} did not answer within {self.settings.request_timeout_s:g} s")
+            return await await_or_abandon(generation, request, self.settings.request_timeout_s, generation.cancel)
+        except TimeoutError:
+            raise ApiError(
+                504, f"task {service.name!r} did not answer within {self.settings.request_timeout_s:g} s"
+            ) from None
 
     def postprocess(self, service: TaskService, result: DecodeResult, params: GenerationParams) -> dict[str, Any]:
         output = service.task.postprocess(result, service.model, params.attention)
@@ -177,6 +161,30 @@ class Inference:
         finally:
             # A client that disconnects mid-stream closes this generator: free its decode slot.
             generation.cancel()
+
+
+async def await_or_abandon(
+    work: asyncio.Future, request: Request | None, timeout_s: float, abandon: Callable[[], None]
+) -> Any:
+    """The result of `work`, unless the client disconnects first (ClientDisconnected), the
+    timeout passes (TimeoutError) or the caller is cancelled; in each case `abandon()` runs
+    so the work stops holding a decode slot."""
+    watcher = asyncio.ensure_future(wait_for_disconnect(request)) if request is not None else None
+    waiters = {work} if watcher is None else {work, watcher}
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        abandon()
+        raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    if work in done:
+        return work.result()
+    abandon()
+    if watcher is not None and watcher in done:
+        raise ClientDisconnected()
+    raise TimeoutError()
 
 
 async def wait_for_disconnect(request: Request) -> None:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 
 from registry.models import ResolvedModel
 from server.errors import ApiError
-from server.inference import ClientDisconnected, Inference, wait_for_disconnect
+from server.inference import Inference, await_or_abandon
 from server.params import GenerationParams
 from server.ray_replica import ACCEPTED, REJECTED
 from server.runtime import Runtime, TaskService
@@ -146,28 +146,16 @@ class RayInference(Inference):
     async def _await(self, task: str, response: DeploymentResponse, request: Request | None) -> dict[str, Any]:
         """The replica's reply; cancels the replica's work on timeout or client disconnect."""
         reply = asyncio.ensure_future(_resolve(response))
-        waiters: set[asyncio.Future] = {reply}
-        watcher = None
-        if request is not None:
-            watcher = asyncio.ensure_future(wait_for_disconnect(request))
-            waiters.add(watcher)
-        try:
-            timeout = self.settings.request_timeout_s + TIMEOUT_MARGIN_S
-            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
+
+        def abandon() -> None:
             response.cancel()
             reply.cancel()
-            raise
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-        if reply in done:
-            return reply.result()
-        response.cancel()
-        reply.cancel()
-        if watcher is not None and watcher in done:
-            raise ClientDisconnected()
-        raise _timed_out(task, self.settings.request_timeout_s)
+
+        try:
+            timeout = self.settings.request_timeout_s + TIMEOUT_MARGIN_S
+            return await await_or_abandon(reply, request, timeout, abandon)
+        except TimeoutError:
+            raise _timed_out(task, self.settings.request_timeout_s) from None
 
 
 async def _relay(task: str, events) -> AsyncIterator[tuple[str, dict[str, Any]]]:

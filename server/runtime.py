@@ -66,6 +66,10 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         """Discover plugins (raises DuplicateTaskError) and prepare a service per task."""
+        if settings.torch_threads:
+            # Decode steps are small matrix products: spreading each over OpenMP threads, while
+            # preprocessing threads run torch ops too, costs far more in spinning than it gains.
+            torch.set_num_threads(settings.torch_threads)
         _, found = discover(allow=settings.plugins or None, modules=settings.plugin_modules)
         runtime = cls(settings=settings, discovery=found, registry=ModelRegistry(settings.data_dir))
         for name, task in found.tasks.items():

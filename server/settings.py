@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     max_beam_size: int = Field(8, ge=1, le=64, description="Upper bound for a request's beam_size")
     request_timeout_s: float = Field(60.0, gt=0, description="A request still unanswered after this gets 504")
     preprocess_threads: int = Field(4, ge=1, le=256, description="Worker threads decoding uploads")
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="torch intra-op CPU threads per process (0 = torch's default, one per core). "
+        "1 keeps the engine and preprocessing threads from oversubscribing the cores",
+    )
     tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per-task settings by task name")
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster and ingress (backend: ray)")
 

@@ -166,3 +166,20 @@ def test_overload_is_counted_as_503(tmp_path):
         response = local.post("/v1/echo", content=b"abc", headers=TEXT)
         assert response.status_code == 503 and "Retry-After" in response.headers
         assert 'status="503"' in local.get("/metrics").text
+
+
+def test_request_over_the_deadline_is_504_and_frees_its_slot(tmp_path):
+    import time
+
+    settings = Settings(
+        data_dir=tmp_path, plugins=["none"], plugin_modules=[ECHO_MODULE], request_timeout_s=0.05, max_output_length=4096
+    )
+    app = create_app(settings)
+    with TestClient(app) as local:
+        response = local.post("/v1/echo?max_length=4000", content=b"x" * 4000, headers=TEXT)
+        assert response.status_code == 504 and "did not answer within" in response.json()["error"]
+        engine = app.state.runtime.services["echo"].engine
+        deadline = time.monotonic() + 5
+        while engine.active_sequences and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.active_sequences == 0
