@@ -1,0 +1,76 @@
+"""Train a few steps → register → alias → the server serves that version (MLflow end to end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.e2e.server_process import ROOT, running_server
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["--set", "train_scenes=64", "--set", "val_scenes=16", "--set", "test_scenes=16", "--set", "attention_plots=1"]
+
+
+def _cli(data_dir, *args: str) -> str:
+    env = {**os.environ, "MMSERVE_DATA_DIR": str(data_dir), "MMSERVE_PLUGINS": "captioning", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _served_version(base: str) -> str:
+    tasks = httpx.get(f"{base}/v1/tasks", timeout=10).json()["tasks"]
+    return next(t for t in tasks if t["name"] == "captioning")["model"]["version"]
+
+
+def test_train_register_alias_serve(tmp_path):
+    # First start registers the bundled weights as version 1 @production.
+    with running_server(tmp_path, env={"MMSERVE_PLUGINS": "captioning"}) as base:
+        assert _served_version(base) == "1"
+
+    trained = json.loads(_cli(tmp_path, "train", "captioning", "--epochs", "1", "--max-steps", "3", "--alias", "staging", *TINY))
+    assert trained["version"] == "2" and trained["alias"] == "staging"
+    assert "test_bleu_4" in trained["metrics"]
+
+    models = json.loads(_cli(tmp_path, "models", "--json"))
+    versions = {v["version"]: v["aliases"] for v in models[0]["versions"]}
+    assert versions == {"1": ["production"], "2": ["staging"]}
+
+    # The training run holds per-epoch metrics, sample captions and attention plots.
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = next(v["run_id"] for v in models[0]["versions"] if v["version"] == "2")
+    run = client.get_run(run_id)
+    assert {"train_loss", "val_loss"} <= set(run.data.metrics)
+    artifacts = [a.path for a in client.list_artifacts(run_id)]
+    nested = [a.path for d in artifacts for a in client.list_artifacts(run_id, d)] + artifacts
+    assert any(p.endswith(".png") for p in nested), nested
+    assert "model" in artifacts
+
+    with running_server(tmp_path, env={"MMSERVE_PLUGINS": "captioning", "MMSERVE_TASKS__CAPTIONING__ALIAS": "staging"}) as base:
+        assert _served_version(base) == "2"
+        scene = httpx.post(f"{base}/v1/captioning", files={"file": ("s.png", _scene_png(), "image/png")}, timeout=30)
+        assert scene.status_code == 200 and scene.json()["model"]["version"] == "2"
+
+    _cli(tmp_path, "alias", "captioning", "production", "2")
+    with running_server(tmp_path, env={"MMSERVE_PLUGINS": "captioning"}) as base:
+        assert _served_version(base) == "2"
+
+
+def _scene_png() -> bytes:
+    from plugins.captioning.data import make_example
+
+    return make_example(0).png
+
+
+def test_plugins_command_lists_versions(tmp_path):
+    out = _cli(tmp_path, "plugins")
+    assert "captioning" in out and "entry point plugins.captioning.plugin" in out
