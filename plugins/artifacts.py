@@ -21,6 +21,8 @@ def save_model_artifacts(directory: Path, config: dict[str, Any], model: torch.n
         tensor = tensor.detach().cpu().contiguous()
         state[name] = tensor.half() if half and tensor.is_floating_point() else tensor
     save_file(state, str(directory / WEIGHTS_FILE))
+    # safetensors creates the file 0600; artifacts are shared (MLflow, other users, images).
+    (directory / WEIGHTS_FILE).chmod(0o644)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
 

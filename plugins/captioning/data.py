@@ -261,7 +261,9 @@ class DigitScenes(Dataset):
         return image, encode_caption(self.vocab, scene.references()[scene.train_template])
 
 
-def collate_captions(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_captions(
+    batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack images [B, 3, H, W] and right-pad caption ids to [B, T_max] with `pad_id`."""
     images = torch.stack([image for image, _ in batch])
     captions = torch.nn.utils.rnn.pad_sequence([ids for _, ids in batch], batch_first=True, padding_value=pad_id)

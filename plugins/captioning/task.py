@@ -61,7 +61,9 @@ class CaptioningTask(Task):
         return evaluate_artifact(Path(artifact_dir), logger, device)
 
 
-def attention_grids(words: list[str], attention: torch.Tensor | None, grid_size: tuple[int, int]) -> list[dict[str, Any]]:
+def attention_grids(
+    words: list[str], attention: torch.Tensor | None, grid_size: tuple[int, int]
+) -> list[dict[str, Any]]:
     """One {"token", "grid": h x w nested floats (4 dp)} per word, from attention [T, N]."""
     h, w = grid_size
     if attention is None or not words:

@@ -170,7 +170,9 @@ def test_a_few_training_steps_write_a_loadable_artifact(tmp_path):
     scenes = DigitScenes("test", 2, model.vocab)
     assert len(greedy_decode(model, model.encode(torch.stack([scenes.image(0), scenes.image(1)])), 5)) == 2
 
-    metrics = evaluate_artifact(result.artifact_dir, MemoryRunLogger(), test_scenes=8, baseline_train_scenes=32, progress=False)
+    metrics = evaluate_artifact(
+        result.artifact_dir, MemoryRunLogger(), test_scenes=8, baseline_train_scenes=32, progress=False
+    )
     assert {"bleu_1", "bleu_4", "cider", "digit_accuracy", "baseline_bleu_4", "baseline_digit_accuracy"} <= set(metrics)
 
 
