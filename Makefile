@@ -7,7 +7,7 @@ PORT ?= 8000
 MMSERVE_DATA_DIR ?= $(HOME)/.mmserve
 export MMSERVE_DATA_DIR
 
-.PHONY: serve test install lint mlflow-ui train-captioning eval-captioning clean
+.PHONY: serve test install lint mlflow-ui train-captioning eval-captioning bench clean
 
 # Re-install only when the project's metadata changes.
 $(BIN)/.installed: pyproject.toml
@@ -33,6 +33,15 @@ train-captioning: install
 
 eval-captioning: install
 	$(BIN)/mmserve eval captioning --model-dir plugins/captioning/weights
+
+# Serving benchmark: mmserve vs LitServe, Ray Serve, plain FastAPI and the bare model.
+# Writes bench/results/latest.{md,png,json}; BENCH_QUICK=1 for the reduced (<5 min) run.
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(BIN)/.bench-installed
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

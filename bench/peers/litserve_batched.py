@@ -1,0 +1,61 @@
+"""Peer: LitServe with its batched loop (`LitAPI(max_batch_size=B, batch_timeout=T)`).
+
+LitServe runs the HTTP server and the model in separate processes: the API server parses
+the multipart form and queues it; the inference worker decodes each request (`decode_request`
+= the task's preprocess), stacks up to B of them within T seconds (`batch`), runs one
+static batch (encode + greedy decode, `predict`), and unbatches the captions.
+"""
+
+import argparse
+
+import litserve as ls
+from fastapi import Request
+
+from bench.common import ENDPOINT, caption_batch, load, max_length, preprocess
+
+
+class CaptionAPI(ls.LitAPI):
+    def __init__(self, weights: str, **kwargs):
+        super().__init__(api_path=ENDPOINT, **kwargs)
+        self.weights = weights
+
+    def setup(self, device: str) -> None:
+        self.task, self.model = load(self.weights)
+        self.length = max_length()
+
+    def decode_request(self, request: Request):
+        upload = request["file"]
+        data = upload.file.read() if hasattr(upload, "file") else upload
+        return preprocess(self.task, self.model, data)
+
+    def batch(self, inputs):
+        return inputs  # a list of tensors; `caption_batch` stacks them
+
+    def predict(self, inputs):
+        if not isinstance(inputs, list):  # max_batch_size == 1 hands a single input
+            return caption_batch(self.task, self.model, [inputs], self.length)[0]
+        return caption_batch(self.task, self.model, inputs, self.length)
+
+    def unbatch(self, output):
+        return list(output)
+
+    def encode_response(self, output) -> dict:
+        return {"caption": output}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--batch-timeout", type=float, default=0.01, help="seconds")
+    parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ transport")
+    args = parser.parse_args()
+    api = CaptionAPI(args.weights, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=300,
+                          fast_queue=args.fast_queue)  # fmt: skip
+    server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False, num_api_servers=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Peer: LitServe's `ContinuousBatchingLoop` (iteration-level batching, like mmserve's engine).
+
+LitServe drives the loop; this LitAPI supplies its hooks. `add_request` (called by the loop's
+prefill task for each arriving request) preprocesses the PNG and queues it. `step` (called
+by the loop in a worker thread, once per decoder step) encodes every queued input as one
+micro-batch, joins them to the active rows (padding memory and concatenating decoder state
+with the same shared helpers mmserve uses), runs one decoder step for all rows, and returns
+one `Output` per row. A finished row sends its caption, then `FINISH_STREAMING`.
+
+The loop requires `stream=True`, and it sleeps 10 ms whenever `step` returns no output, so
+every active row emits a small `{"token": ...}` line each step (LitServe's intended
+token-streaming use). `--emit final` sends only the caption instead (fewer messages, but the
+loop then sleeps on every step where no sequence finishes); `make bench` uses the faster one.
+The client reads the caption from the last line of the streamed body.
+"""
+
+import argparse
+import threading
+
+import litserve as ls
+import torch
+from fastapi import Request
+from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
+from litserve.utils import LitAPIStatus
+
+from bench.common import ENDPOINT, load, max_length, preprocess
+from plugins.nn.contract import Memory, concat_states, select_state
+from plugins.nn.search import DecodeResult
+
+
+class CaptionCBAPI(ls.LitAPI):
+    def __init__(self, weights: str, max_active: int, emit_tokens: bool):
+        super().__init__(api_path=ENDPOINT, stream=True, max_batch_size=max_active, loop=ContinuousBatchingLoop())
+        self.weights, self.max_active, self.emit_tokens = weights, max_active, emit_tokens
+
+    def setup(self, device: str) -> None:
+        self.task, self.model = load(self.weights)
+        self.length = max_length()
+        self.lock = threading.Lock()  # add_request (event loop thread) vs step (worker thread)
+        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.uids: list[str] = []
+        self.tokens: list[list[int]] = []
+        self.memory = self.state = self.prev = None
+
+    def decode_request(self, request: Request):
+        upload = request["file"]
+        return upload.file.read() if hasattr(upload, "file") else upload
+
+    # ----- hooks the ContinuousBatchingLoop calls ------------------------------------------
+
+    def add_request(self, uid: str, request) -> None:
+        inputs = preprocess(self.task, self.model, self.decode_request(request))
+        with self.lock:
+            self.pending.append((uid, inputs))
+
+    def has_capacity(self) -> bool:
+        return len(self.uids) + len(self.pending) < self.max_active
+
+    def has_active_requests(self) -> bool:
+        return bool(self.uids or self.pending)
+
+    @torch.inference_mode()
+    def step(self, prev_outputs) -> list[Output]:
+        with self.lock:
+            new, self.pending = self.pending, []
+        if new:
+            self._join(new)
+        if not self.uids:
+            return []
+        logits, self.state, _ = self.model.step(self.prev, self.state, self.memory)
+        chosen = logits.argmax(dim=-1)
+        outputs: list[Output] = []
+        keep: list[int] = []
+        itos, eos = self.model.vocab.itos, self.model.eos_id
+        for i, token in enumerate(chosen.tolist()):
+            uid, tokens = self.uids[i], self.tokens[i]
+            if token != eos:
+                tokens.append(token)
+            if token == eos or len(tokens) >= self.length:
+                caption = self.task.postprocess(DecodeResult(tokens, 0.0), self.model, False)["caption"]
+                outputs.append(Output(uid, {"caption": caption}, LitAPIStatus.OK))
+                outputs.append(Output(uid, "", LitAPIStatus.FINISH_STREAMING))
+                continue
+            if self.emit_tokens:
+                outputs.append(Output(uid, {"token": itos[token]}, LitAPIStatus.OK))
+            keep.append(i)
+        self._keep(keep, chosen)
+        return outputs
+
+    def encode_response(self, output):
+        return output
+
+    # ----- batch bookkeeping ------------------------------------------------------------
+
+    def _join(self, new: list[tuple[str, torch.Tensor]]) -> None:
+        memory = self.model.encode(self.model.collate([x for _, x in new]))
+        state = self.model.init_state(memory)
+        prev = torch.full((len(new),), self.model.bos_id, dtype=torch.long)
+        if self.uids:
+            memory = Memory.concat([self.memory, memory])
+            state = concat_states([self.state, state])
+            prev = torch.cat([self.prev, prev])
+        self.memory, self.state, self.prev = memory, state, prev
+        self.uids += [uid for uid, _ in new]
+        self.tokens += [[] for _ in new]
+
+    def _keep(self, keep: list[int], chosen: torch.Tensor) -> None:
+        if len(keep) == len(self.uids):
+            self.prev = chosen
+            return
+        self.uids = [self.uids[i] for i in keep]
+        self.tokens = [self.tokens[i] for i in keep]
+        if not keep:
+            self.memory = self.state = self.prev = None
+            return
+        index = torch.tensor(keep)
+        self.memory, self.state, self.prev = self.memory.select(index), select_state(self.state, index), chosen[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--max-active", type=int, default=64)
+    parser.add_argument("--emit", choices=["tokens", "final"], default="tokens")
+    parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ transport")
+    args = parser.parse_args()
+    api = CaptionCBAPI(args.weights, args.max_active, args.emit == "tokens")
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=300,
+                          fast_queue=args.fast_queue)  # fmt: skip
+    server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False, num_api_servers=1)
+
+
+if __name__ == "__main__":
+    main()
