@@ -59,7 +59,16 @@ LEVELS = (1, 8, 32, 64)
 # Timed requests per level: (full, quick). c=1 is slow and its tail settles with fewer.
 REQUESTS = {"full": {1: 256, 8: 1024, 32: 2048, 64: 2048}, "quick": {1: 64, 8: 192, 32: 384, 64: 384}}
 MAX_BATCH = 64  # every batching system may batch up to the highest concurrency
-BATCH_WAIT_S = 0.005  # batching peers' wait for a fuller batch (mmserve's max_wait_ms default is 5)
+BATCH_WAIT_S = 0.005  # LitServe's wait for a fuller batch: its best (1 ms gave 253 vs 380 req/s at c=32)
+# Ray Serve's batch wait: 0.005 s gave 117 req/s at c=32, 0.02 s 163, 0.05 s 180 but adds 50 ms
+# to every request at low concurrency; 0.02 s is its best compromise.
+RAY_BATCH_WAIT_S = 0.02
+# Per-system torch threads, from a sweep at c=32 on the 2-core machine: one intra-op thread
+# helped LitServe's batched loop (355-380 -> 425-442 req/s) and plain FastAPI (111 -> 151),
+# made no difference to Ray Serve, and hurt the bare model (821 -> 568) and LitServe's
+# continuous batching (188 -> 173); each gets its better setting. mmserve sets its own
+# (`torch_threads`, default 1).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -71,6 +80,12 @@ class System:
     start_timeout_s: float = 180.0
 
 
+def _setting_default(name: str) -> Any:
+    from server.settings import Settings
+
+    return Settings.model_fields[name].default
+
+
 def systems(data_dir: Path, weights: Path) -> list[System]:
     w = str(weights)
     mm_env = {
@@ -80,7 +95,10 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
         "MMSERVE_TASKS__CAPTIONING__DEVICE": "cpu",
         "MMSERVE_TASKS__CAPTIONING__MAX_BATCH_SIZE": str(MAX_BATCH),
         "MMSERVE_TASKS__CAPTIONING__MAX_ACTIVE": str(MAX_BATCH),
-        "MMSERVE_TASKS__CAPTIONING__MAX_WAIT_MS": str(BATCH_WAIT_S * 1000),
+        # Rows join the running decode batch at every step, so holding an idle engine's first
+        # request for company only adds latency: 0 ms gave 167 vs 80 req/s at c=1 (p50 5.9 vs
+        # 12.2 ms), 258 vs 236 at c=8 and the same at c=32 as the default 5 ms.
+        "MMSERVE_TASKS__CAPTIONING__MAX_WAIT_MS": "0",
         "MMSERVE_TASKS__CAPTIONING__MAX_QUEUE": "256",
     }
     fixed = {"MMSERVE_DATA_DIR", "MMSERVE_PLUGINS", "MMSERVE_PLUGIN_MODULES", "MMSERVE_CONFIG", "MMSERVE_HOST",
@@ -90,14 +108,15 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
             mm_env[key] = value
     knobs = ", ".join(f"{k.removeprefix('MMSERVE_TASKS__CAPTIONING__').lower()}={v}" for k, v in sorted(mm_env.items())
                       if k.startswith("MMSERVE_TASKS__") and not k.endswith("DEVICE"))  # fmt: skip
-    threads = mm_env.get("MMSERVE_PREPROCESS_THREADS", "4 (default)")
+    threads = mm_env.get("MMSERVE_PREPROCESS_THREADS", f"{_setting_default('preprocess_threads')} (default)")
+    torch_threads = mm_env.get("MMSERVE_TORCH_THREADS", f"{_setting_default('torch_threads')} (default)")
     wait_ms = BATCH_WAIT_S * 1000
     return [
         System(
             "mmserve",
             [PY, "-m", "server", "--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", "{port}"],
             f"embedded backend, one uvicorn process; engine {knobs}; preprocess_threads {threads}; "
-            "iteration-level decode loop (rows join and leave every step)",
+            f"torch_threads {torch_threads}; iteration-level decode loop (rows join and leave every step)",
             env=mm_env,
         ),
         System(
@@ -105,27 +124,31 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
             [PY, "-m", "bench.peers.litserve_batched", "--port", "{port}", "--weights", w,
              "--max-batch-size", str(MAX_BATCH), "--batch-timeout", str(BATCH_WAIT_S), "--fast-queue"],
             f"LitServe batched loop: max_batch_size={MAX_BATCH}, batch_timeout={wait_ms:g} ms, 1 API server + "
-            "1 inference worker process, fast_queue (ZeroMQ); static batch = encode + greedy decode",
+            "1 inference worker process, fast_queue (ZeroMQ), OMP_NUM_THREADS=1; static batch = encode + greedy decode",
+            env=ONE_THREAD,
         ),  # fmt: skip
         System(
             "litserve-cb",
             [PY, "-m", "bench.peers.litserve_cb", "--port", "{port}", "--weights", w,
              "--max-active", str(MAX_BATCH), "--fast-queue"],
             f"LitServe ContinuousBatchingLoop (stream=True): up to {MAX_BATCH} active rows, new rows encoded "
-            "as one micro-batch and joined every step, a token line per row per step, fast_queue (ZeroMQ)",
+            "as one micro-batch and joined every step, a token line per row per step (`--emit final` gave "
+            "215 vs 188 req/s at c=32 but sleeps 10 ms a step at low c), fast_queue (ZeroMQ)",
         ),  # fmt: skip
         System(
             "rayserve",
             [PY, "-m", "bench.peers.rayserve", "--port", "{port}", "--weights", w,
-             "--max-batch-size", str(MAX_BATCH), "--batch-wait-s", str(BATCH_WAIT_S), "--max-ongoing", "256"],
-            f"Ray Serve 1 replica, @serve.batch(max_batch_size={MAX_BATCH}, batch_wait_timeout_s={BATCH_WAIT_S:g}), "
+             "--max-batch-size", str(MAX_BATCH), "--batch-wait-s", str(RAY_BATCH_WAIT_S), "--max-ongoing", "256"],
+            f"Ray Serve 1 replica, @serve.batch(max_batch_size={MAX_BATCH}, batch_wait_timeout_s={RAY_BATCH_WAIT_S:g}), "
             "max_ongoing_requests=256, static batch decoded in a thread; access log off",
             start_timeout_s=300.0,
         ),  # fmt: skip
         System(
             "fastapi",
             [PY, "-m", "bench.peers.fastapi_plain", "--port", "{port}", "--weights", w],
-            "plain FastAPI + uvicorn, one model call per request (batch of 1) in one dedicated model thread",
+            "plain FastAPI + uvicorn, one model call per request (batch of 1) in one dedicated model thread, "
+            "OMP_NUM_THREADS=1",
+            env=ONE_THREAD,
         ),
     ]
 
