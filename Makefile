@@ -21,8 +21,11 @@ install: $(BIN)/.installed
 serve: install
 	$(BIN)/mmserve serve --host $(HOST) --port $(PORT)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q -ra
+
+lint: install
+	$(BIN)/ruff check .
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MMSERVE_DATA_DIR)/mlflow.db \

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from bench.common import CONTENT_TYPE, session_cpu_s, machine_busy_cpu_s, read_inputs, wait_for_quiet
+from bench.common import CONTENT_TYPE, machine_busy_cpu_s, read_inputs, session_cpu_s, wait_for_quiet
 
 BOUNDARY = "mmserve-bench-7d3f2a"
 HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}

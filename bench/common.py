@@ -23,7 +23,7 @@ ENDPOINT = "/v1/captioning"  # every peer serves this path: multipart `file` -> 
 
 def max_length() -> int:
     """Greedy decoding limit for everyone: the captioning task's default (what mmserve uses)."""
-    from plugins.captioning.task import CaptioningTask
+    from mmserve.plugins.captioning.task import CaptioningTask
 
     return CaptioningTask.default_max_length
 
@@ -32,7 +32,7 @@ def load(weights: str | Path) -> tuple[Any, Any]:
     """(CaptioningTask, Captioner in eval mode on CPU) from an artifact directory."""
     import torch
 
-    from plugins.captioning.task import CaptioningTask
+    from mmserve.plugins.captioning.task import CaptioningTask
 
     task = CaptioningTask()
     model = task.load_model(Path(weights), torch.device("cpu"))
@@ -41,7 +41,7 @@ def load(weights: str | Path) -> tuple[Any, Any]:
 
 def preprocess(task: Any, model: Any, data: bytes) -> Any:
     """PNG bytes -> input tensor [3, H, W], with the server's default input limits."""
-    from plugins.task import InputLimits
+    from mmserve.plugins.task import InputLimits
 
     return task.preprocess(data, CONTENT_TYPE, model, InputLimits())
 
@@ -52,7 +52,7 @@ def caption_batch(task: Any, model: Any, inputs: list[Any], length: int) -> list
     the shared search code, without server batching."""
     import torch
 
-    from plugins.nn.search import greedy_decode
+    from mmserve.plugins.nn.search import greedy_decode
 
     with torch.inference_mode():
         memory = model.encode(model.collate(inputs))
@@ -69,7 +69,7 @@ def free_port() -> int:
 def write_inputs(directory: Path, count: int, seed: int = 0) -> list[Path]:
     """`count` digit-scene PNGs (test split, 1-4 digits, so caption lengths vary), written once
     so every system and the bare loop read the very same bytes."""
-    from plugins.captioning.data import make_example
+    from mmserve.plugins.captioning.data import make_example
 
     directory.mkdir(parents=True, exist_ok=True)
     paths, refs = [], []

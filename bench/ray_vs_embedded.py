@@ -77,7 +77,7 @@ def start_server(backend: str, workdir: Path, tasks: list[str], ray_cpus: int) -
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(ECHO_SRC)])}
     env.pop("RAY_ADDRESS", None)  # always a fresh local cluster: cold start includes starting Ray
     log_path = workdir / "server.log"
-    command = [sys.executable, "-m", "server", "--log-level", "warning", "--config", str(config), "serve",
+    command = [sys.executable, "-m", "mmserve.server", "--log-level", "warning", "--config", str(config), "serve",
                "--backend", backend, "--port", str(port)]
     with open(log_path, "wb") as log:
         # Its own session, so that stopping it can never signal this process.

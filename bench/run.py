@@ -81,7 +81,7 @@ class System:
 
 
 def _setting_default(name: str) -> Any:
-    from server.settings import Settings
+    from mmserve.server.settings import Settings
 
     return Settings.model_fields[name].default
 
@@ -114,7 +114,7 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
     return [
         System(
             "mmserve",
-            [PY, "-m", "server", "--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", "{port}"],
+            [PY, "-m", "mmserve.server", "--log-level", "warning", "serve", "--host", "127.0.0.1", "--port", "{port}"],
             f"embedded backend, one uvicorn process; engine {knobs}; preprocess_threads {threads}; "
             f"torch_threads {torch_threads}; iteration-level decode loop (rows join and leave every step)",
             env=mm_env,

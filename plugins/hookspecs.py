@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pluggy
 
-from plugins import PROJECT_NAME
-from plugins.task import Task
+from mmserve.plugins import PROJECT_NAME
+from mmserve.plugins.task import Task
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 

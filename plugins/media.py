@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
+from mmserve.plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 
 # Content types a client may send without naming a real image type; we then trust the bytes.
 GENERIC_CONTENT_TYPES = ("", "application/octet-stream", "binary/octet-stream")

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from plugins.nn.contract import EncoderDecoder
-from plugins.nn.search import DecodeResult
-from plugins.tracking import RunLogger
+from mmserve.plugins.nn.contract import EncoderDecoder
+from mmserve.plugins.nn.search import DecodeResult
+from mmserve.plugins.tracking import RunLogger
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ MLflow, so training runs (and tests) work with any logger, including `NullRunLog
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -57,7 +56,3 @@ class MemoryRunLogger(NullRunLogger):
     def log_text(self, text: str, artifact_file: str) -> None:
         self.artifacts.append(artifact_file)
 
-
-def artifact_files(directory: Path) -> list[str]:
-    """The relative paths of a model artifact directory, sorted (for logging and checks)."""
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())

@@ -15,8 +15,8 @@ from importlib.metadata import entry_points
 
 import pluggy
 
-from plugins import PROJECT_NAME, hookspecs
-from plugins.task import Task
+from mmserve.plugins import PROJECT_NAME, hookspecs
+from mmserve.plugins.task import Task
 
 log = logging.getLogger(__name__)
 

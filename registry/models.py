@@ -11,17 +11,18 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from plugins.artifacts import CONFIG_FILE
-from registry.tracking import EXPERIMENT, MlflowRunLogger, default_tracking_uri, limit_http_retries
+from mmserve.plugins.artifacts import CONFIG_FILE
+from mmserve.registry.tracking import EXPERIMENT, MlflowRunLogger, default_tracking_uri, limit_http_retries
 
 log = logging.getLogger(__name__)
 

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(**overrides: Any):
-    from server.settings import Settings
+    from mmserve.server.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -88,20 +88,20 @@ def _settings(**overrides: Any):
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(host=args.host, port=args.port, backend=args.backend)
     if settings.backend == "ray":
-        from server.ray_backend import serve_with_ray
+        from mmserve.server.rayserve.ray_backend import serve_with_ray
 
         return serve_with_ray(settings)
     import uvicorn
 
-    from server.app import create_app
+    from mmserve.server.http.app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from registry.discovery import discover
-    from registry.models import ModelRegistry
+    from mmserve.registry.discovery import discover
+    from mmserve.registry.models import ModelRegistry
 
     settings = _settings()
     _, found = discover(allow=settings.plugins or None, modules=settings.plugin_modules)
@@ -139,7 +139,7 @@ def _version_label(version: dict[str, Any]) -> str:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from registry.models import ModelRegistry
+    from mmserve.registry.models import ModelRegistry
 
     models = ModelRegistry(_settings().data_dir).list_models()
     if args.json:
@@ -155,7 +155,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _task(name: str):
-    from registry.discovery import discover
+    from mmserve.registry.discovery import discover
 
     settings = _settings()
     _, found = discover(allow=settings.plugins or None, modules=settings.plugin_modules)
@@ -178,8 +178,8 @@ def _parse_extra(pairs: list[str]) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from plugins.task import TrainOptions
-    from plugins.tracking import NullRunLogger
+    from mmserve.plugins.task import TrainOptions
+    from mmserve.plugins.tracking import NullRunLogger
 
     settings, task = _task(args.task)
     output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix=f"mmserve-{task.name}-"))
@@ -192,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
         result = task.train(options, NullRunLogger())
         print(json.dumps({"artifact_dir": str(result.artifact_dir), "metrics": result.metrics}, indent=2))
         return 0
-    from registry.models import ModelRegistry
+    from mmserve.registry.models import ModelRegistry
 
     registry = ModelRegistry(settings.data_dir)
     with registry.start_run(task.name, run_name=f"train-{task.name}") as logger:
@@ -206,8 +206,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from plugins.tracking import NullRunLogger
-    from registry.models import ModelRegistry
+    from mmserve.plugins.tracking import NullRunLogger
+    from mmserve.registry.models import ModelRegistry
 
     settings, task = _task(args.task)
     registry = ModelRegistry(settings.data_dir)
@@ -228,7 +228,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _alias(args: argparse.Namespace) -> int:
-    from registry.models import ModelRegistry
+    from mmserve.registry.models import ModelRegistry
 
     ModelRegistry(_settings().data_dir).set_alias(args.task, args.alias, args.version)
     print(f"{args.task}@{args.alias} -> version {args.version}")
@@ -236,7 +236,7 @@ def _alias(args: argparse.Namespace) -> int:
 
 
 def _serve_config(args: argparse.Namespace) -> int:
-    from server.ray_backend import write_serve_config
+    from mmserve.server.rayserve.ray_backend import write_serve_config
 
     text = write_serve_config(_settings())
     if args.output:

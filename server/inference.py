@@ -13,11 +13,11 @@ from typing import Any
 
 from starlette.requests import Request
 
-from plugins.nn.search import DecodeResult
-from server.engine import TokenCallback
-from server.errors import ApiError
-from server.params import GenerationParams, to_decode_params
-from server.runtime import Runtime, TaskService
+from mmserve.plugins.nn.search import DecodeResult
+from mmserve.server.engine import TokenCallback
+from mmserve.server.http.errors import ApiError
+from mmserve.server.http.params import GenerationParams, to_decode_params
+from mmserve.server.runtime import Runtime, TaskService
 
 
 class ClientDisconnected(Exception):

@@ -12,13 +12,13 @@ from typing import Literal
 
 import torch
 
-from plugins.nn.contract import EncoderDecoder
-from plugins.task import Task
-from registry.discovery import Discovery, discover
-from registry.models import ModelRegistry, ResolvedModel
-from server.engine import TaskEngine
-from server.metrics import ServerMetrics
-from server.settings import Settings
+from mmserve.plugins.nn.contract import EncoderDecoder
+from mmserve.plugins.task import Task
+from mmserve.registry.discovery import Discovery, discover
+from mmserve.registry.models import ModelRegistry, ResolvedModel
+from mmserve.server.engine import TaskEngine
+from mmserve.server.metrics import ServerMetrics
+from mmserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
-from plugins.task import InputLimits
-from server.engine import EngineConfig
+if TYPE_CHECKING:  # settings stay importable without torch (the CLI, serve-config, the chart)
+    from mmserve.plugins.task import InputLimits
+    from mmserve.server.engine import EngineConfig
 
 
 class AutoscalingSettings(BaseModel):
@@ -81,6 +88,8 @@ class TaskSettings(BaseModel):
         return self
 
     def engine_config(self) -> EngineConfig:
+        from mmserve.server.engine import EngineConfig
+
         return EngineConfig(self.max_batch_size, self.max_wait_ms, self.max_active, self.max_queue)
 
 
@@ -163,6 +172,8 @@ class Settings(BaseSettings):
         return self.tasks.get(name) or self.tasks.get(name.upper()) or self.tasks.get(name.lower()) or TaskSettings()
 
     def input_limits(self) -> InputLimits:
+        from mmserve.plugins.task import InputLimits
+
         return InputLimits(self.max_upload_bytes, self.max_pixels, self.max_frames, self.max_duration_s)
 
 
@@ -188,10 +199,3 @@ def resolved_settings(values: dict[str, Any]) -> Settings:
     could disagree with the driver, or fail on an MMSERVE_CONFIG path that only exists there.
     """
     return _ResolvedSettings(**values)
-
-
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment and an optional YAML file; `overrides` win over both."""
-    if config_file is not None:
-        os.environ["MMSERVE_CONFIG"] = str(config_file)
-    return Settings(**overrides)

@@ -23,6 +23,6 @@ def shared_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def echo_settings(shared_data_dir):
-    from server.settings import Settings
+    from mmserve.server.settings import Settings
 
     return Settings(data_dir=shared_data_dir, plugins=["none"], plugin_modules=[ECHO_MODULE])

@@ -24,8 +24,8 @@ from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Outp
 from litserve.utils import LitAPIStatus
 
 from bench.common import ENDPOINT, load, max_length, preprocess
-from plugins.nn.contract import Memory, concat_states, select_state
-from plugins.nn.search import DecodeResult
+from mmserve.plugins.nn.contract import Memory, concat_states, select_state
+from mmserve.plugins.nn.search import DecodeResult
 
 
 class CaptionCBAPI(ls.LitAPI):

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from plugins.artifacts import load_weights, read_config, save_model_artifacts
-from plugins.captioning.model import Captioner, CaptionerConfig
-from plugins.nn.vocab import Vocabulary
+from mmserve.plugins.artifacts import load_weights, read_config, save_model_artifacts
+from mmserve.plugins.captioning.model import Captioner, CaptionerConfig
+from mmserve.plugins.nn.vocab import Vocabulary
 
 VOCAB_FILE = "vocab.json"
 FORMAT_VERSION = 1

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from plugins.media import image_to_tensor
-from plugins.nn.vocab import Vocabulary
+from mmserve.plugins.media import image_to_tensor
+from mmserve.plugins.nn.vocab import Vocabulary
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Bright, well separated colours on a dark background; the names are caption words.
@@ -87,7 +87,7 @@ def digit_bank() -> tuple[np.ndarray, np.ndarray]:
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def split_samples(split: str) -> np.ndarray:
     """Indices into `digit_bank()` that scenes of `split` may use; the three sets are disjoint."""
     assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
@@ -171,7 +171,7 @@ def sample_scene(split: str, index: int, seed: int = 0, epoch: int = 0, max_digi
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _glyph(sample: int, size: int) -> np.ndarray:
     """Digit `sample` scaled to size x size, as an alpha mask float32 in 0..1."""
     image = Image.fromarray(digit_bank()[0][sample], mode="F").resize((size, size), Image.BILINEAR)
@@ -321,7 +321,7 @@ class CocoCaptions(Dataset):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m plugins.captioning.data --split test --index 7 --out scene.png`: write one
+    """`python -m mmserve.plugins.captioning.data --split test --index 7 --out scene.png`: write one
     scene as PNG and print its reference captions (one per line)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--split", choices=SPLITS, default="test")

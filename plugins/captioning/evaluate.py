@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from plugins.captioning.data import DigitScenes, digit_words, normalize_caption, sample_scene
-from plugins.captioning.checkpoint import load_captioner
-from plugins.captioning.model import Captioner
-from plugins.nn.search import greedy_decode
-from plugins.tracking import RunLogger
+from mmserve.plugins.captioning.checkpoint import load_captioner
+from mmserve.plugins.captioning.data import DigitScenes, digit_words, normalize_caption, sample_scene
+from mmserve.plugins.captioning.model import Captioner
+from mmserve.plugins.nn.search import greedy_decode
+from mmserve.plugins.tracking import RunLogger
 
 # The test split every reported number uses: fixed scene seed, so results compare across runs
 # and training seeds (the handwriting split is fixed in data.py regardless).

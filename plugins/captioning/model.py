@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from plugins.nn.contract import EncoderDecoder, Memory, State
-from plugins.nn.decoder import AttentionDecoder, DecoderConfig
-from plugins.nn.vocab import Vocabulary
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
+from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
+from mmserve.plugins.nn.vocab import Vocabulary
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from plugins import hookimpl
-from plugins.captioning.task import CaptioningTask
-from plugins.task import Task
+from mmserve.plugins import hookimpl
+from mmserve.plugins.captioning.task import CaptioningTask
+from mmserve.plugins.task import Task
 
 
 @hookimpl

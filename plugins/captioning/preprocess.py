@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from plugins.captioning.model import Captioner
-from plugins.media import check_image_bytes, decode_image, image_to_tensor
-from plugins.task import InputLimits
+from mmserve.plugins.captioning.model import Captioner
+from mmserve.plugins.media import check_image_bytes, decode_image, image_to_tensor
+from mmserve.plugins.task import InputLimits
 
 CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp")
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from plugins.captioning.checkpoint import load_captioner
-from plugins.captioning.model import Captioner
-from plugins.captioning.preprocess import CONTENT_TYPES, image_bytes_to_tensor
-from plugins.nn.contract import EncoderDecoder
-from plugins.nn.search import DecodeResult
-from plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
-from plugins.tracking import RunLogger
+from mmserve.plugins.captioning.checkpoint import load_captioner
+from mmserve.plugins.captioning.model import Captioner
+from mmserve.plugins.captioning.preprocess import CONTENT_TYPES, image_bytes_to_tensor
+from mmserve.plugins.nn.contract import EncoderDecoder
+from mmserve.plugins.nn.search import DecodeResult
+from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
+from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -51,12 +51,12 @@ class CaptioningTask(Task):
         return {"CAPTION": output["caption"], "SCORE": float(output["score"])}
 
     def train(self, options: TrainOptions, logger: RunLogger) -> TrainResult:
-        from plugins.captioning.train import train_captioner
+        from mmserve.plugins.captioning.train import train_captioner
 
         return train_captioner(options, logger)
 
     def evaluate(self, artifact_dir: Path, logger: RunLogger, device: str = "cpu") -> dict[str, float]:
-        from plugins.captioning.evaluate import evaluate_artifact
+        from mmserve.plugins.captioning.evaluate import evaluate_artifact
 
         return evaluate_artifact(Path(artifact_dir), logger, device)
 

@@ -24,16 +24,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from plugins.captioning.checkpoint import save_captioner
-from plugins.captioning.data import DigitScenes, collate_captions, render_scene, scene_vocabulary
-from plugins.captioning.evaluate import (
+from mmserve.plugins.captioning.checkpoint import save_captioner
+from mmserve.plugins.captioning.data import DigitScenes, collate_captions, render_scene, scene_vocabulary
+from mmserve.plugins.captioning.evaluate import (
     MAX_CAPTION_LENGTH,
     caption_batches,
     digit_accuracy,
     evaluate_test_split,
     score_captions,
 )
-from plugins.captioning.model import (
+from mmserve.plugins.captioning.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Captioner,
@@ -41,12 +41,12 @@ from plugins.captioning.model import (
     EncoderConfig,
     caption_loss,
 )
-from plugins.captioning.plots import attention_figure, curves_figure
-from plugins.nn.decoder import DecoderConfig
-from plugins.nn.search import greedy_decode
-from plugins.nn.vocab import Vocabulary
-from plugins.task import TrainOptions, TrainResult
-from plugins.tracking import RunLogger
+from mmserve.plugins.captioning.plots import attention_figure, curves_figure
+from mmserve.plugins.nn.decoder import DecoderConfig
+from mmserve.plugins.nn.search import greedy_decode
+from mmserve.plugins.nn.vocab import Vocabulary
+from mmserve.plugins.task import TrainOptions, TrainResult
+from mmserve.plugins.tracking import RunLogger
 
 DEFAULTS: dict[str, Any] = {
     # data: scenes are generated on the fly; training draws fresh layouts every epoch

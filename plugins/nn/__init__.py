@@ -4,11 +4,11 @@ Every built-in plugin builds its model from these pieces, so the server can batc
 any task with the same code.
 """
 
-from plugins.nn.attention import AdditiveAttention, MultiplicativeAttention, build_attention
-from plugins.nn.contract import EncoderDecoder, Memory
-from plugins.nn.decoder import AttentionDecoder, DecoderConfig
-from plugins.nn.search import DecodeResult, beam_search, choose_next_tokens, greedy_decode, sample_decode
-from plugins.nn.vocab import Vocabulary
+from mmserve.plugins.nn.attention import AdditiveAttention, MultiplicativeAttention, build_attention
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory
+from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
+from mmserve.plugins.nn.search import DecodeResult, beam_search, choose_next_tokens, greedy_decode, sample_decode
+from mmserve.plugins.nn.vocab import Vocabulary
 
 __all__ = [
     "AdditiveAttention",

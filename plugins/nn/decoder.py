@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from plugins.nn.attention import build_attention
-from plugins.nn.contract import Memory, State
+from mmserve.plugins.nn.attention import build_attention
+from mmserve.plugins.nn.contract import Memory, State
 
 CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
 

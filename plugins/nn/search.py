@@ -7,11 +7,11 @@ plain loop. `beam_search` keeps K hypotheses per input, batched over inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from plugins.nn.contract import EncoderDecoder, Memory, select_state
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory, select_state
 
 
 @dataclass
@@ -23,7 +23,6 @@ class DecodeResult:
     score: float
     attention: torch.Tensor | None = None
     finished: bool = True  # False when max_length cut it off before <eos>
-    extras: dict = field(default_factory=dict)
 
 
 def choose_next_tokens(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plugins.captioning.data import digit_words, make_example
+from mmserve.plugins.captioning.data import digit_words, make_example
 from tests.e2e.server_process import running_server
 
 pytestmark = pytest.mark.e2e

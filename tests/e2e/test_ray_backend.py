@@ -199,12 +199,12 @@ def test_open_inference_protocol_works_through_replicas(ray_server):
 
 def test_the_written_config_deploys_like_kuberay_would(ray_server, tmp_path, monkeypatch):
     """`mmserve serve-config` output, applied to the cluster the way `serve deploy` / KubeRay do:
-    the controller imports `server.ray_backend:build_app` and calls it with the document's args."""
+    the controller imports `server.rayserve.ray_backend:build_app` and calls it with the document's args."""
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from server.serve_config import serve_config_yaml, validate_serve_config
-    from server.settings import Settings
+    from mmserve.server.rayserve.serve_config import serve_config_yaml, validate_serve_config
+    from mmserve.server.settings import Settings
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     settings = Settings(

@@ -66,7 +66,7 @@ def test_train_register_alias_serve(tmp_path):
 
 
 def _scene_png() -> bytes:
-    from plugins.captioning.data import make_example
+    from mmserve.plugins.captioning.data import make_example
 
     return make_example(0).png
 

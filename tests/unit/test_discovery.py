@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.discovery import DuplicateTaskError, discover
+from mmserve.registry.discovery import DuplicateTaskError, discover
 from tests.conftest import ECHO_MODULE
 
 
@@ -12,7 +12,7 @@ def test_builtin_plugins_come_from_entry_points():
     _, found = discover()
     assert "captioning" in found.tasks
     info = next(p for p in found.plugins if p.name == "captioning")
-    assert info.source.startswith("entry point plugins.captioning.plugin")
+    assert info.source.startswith("entry point mmserve.plugins.captioning.plugin")
     assert info.tasks == ["captioning"] and info.error is None
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from mmserve_echo.model import OFFSET, EchoModel
 
-from plugins.nn.search import greedy_decode
-from server.engine import DecodeParams, EngineConfig, EngineOverloaded, TaskEngine
-from server.metrics import ServerMetrics
+from mmserve.plugins.nn.search import greedy_decode
+from mmserve.server.engine import DecodeParams, EngineConfig, EngineOverloaded, TaskEngine
+from mmserve.server.metrics import ServerMetrics
 
 
 def _encode_text(text: str) -> torch.Tensor:

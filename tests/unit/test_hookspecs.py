@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from plugins import hookspecs
+from mmserve.plugins import hookspecs
 
 
 def _hooks():

@@ -7,8 +7,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.settings import Settings
+from mmserve.server.http.app import create_app
+from mmserve.server.settings import Settings
 from tests.conftest import ECHO_MODULE
 
 TEXT = {"content-type": "text/plain"}

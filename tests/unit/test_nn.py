@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.nn import AttentionDecoder, DecoderConfig, EncoderDecoder, Memory, beam_search, greedy_decode, sample_decode
-from plugins.nn.attention import build_attention
-from plugins.nn.search import choose_next_tokens
+from mmserve.plugins.nn import (
+    AttentionDecoder,
+    DecoderConfig,
+    EncoderDecoder,
+    Memory,
+    beam_search,
+    greedy_decode,
+    sample_decode,
+)
+from mmserve.plugins.nn.attention import build_attention
+from mmserve.plugins.nn.search import choose_next_tokens
 
 ATTENTIONS = ["bahdanau", "luong_dot", "luong_general"]
 CELLS = ["rnn", "gru", "lstm"]

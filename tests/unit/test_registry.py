@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.models import ModelNotFound, ModelRegistry
+from mmserve.registry.models import ModelNotFound, ModelRegistry
 
 
 def _artifact(tmp_path: Path, marker: str) -> Path:

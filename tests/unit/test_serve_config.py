@@ -10,10 +10,16 @@ from pydantic import ValidationError
 from ray.serve._private.build_app import build_app as build_deployments
 from ray.serve.schema import ServeDeploySchema
 
-from server import cli
-from server.ray_backend import IMPORT_PATH, build_app, task_deployment_options
-from server.serve_config import ServeConfigError, build_serve_config, serve_config_yaml, validate_serve_config
-from server.settings import Settings, TaskSettings, resolved_settings
+from mmserve.server import cli
+from mmserve.server.rayserve.deployments import IMPORT_PATH, task_deployment_options
+from mmserve.server.rayserve.ray_backend import build_app
+from mmserve.server.rayserve.serve_config import (
+    ServeConfigError,
+    build_serve_config,
+    serve_config_yaml,
+    validate_serve_config,
+)
+from mmserve.server.settings import Settings, TaskSettings, resolved_settings
 from tests.conftest import ECHO_MODULE
 
 TASKS = {
@@ -91,7 +97,7 @@ def test_resolved_settings_ignore_the_environment(monkeypatch, tmp_path):
 
 def test_config_has_an_ingress_and_a_deployment_per_task(document):
     (app,) = document["applications"]
-    assert app["import_path"] == IMPORT_PATH == "server.ray_backend:build_app"
+    assert app["import_path"] == IMPORT_PATH == "mmserve.server.rayserve.ray_backend:build_app"
     assert app["route_prefix"] == "/"
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {"ingress", "task-echo", "task-shout"}

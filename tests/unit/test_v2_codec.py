@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from server.v2_codec import (
+from mmserve.server.http.v2_codec import (
     BodyTooLarge,
     CodecError,
     UnsupportedEncoding,
@@ -31,7 +31,6 @@ from server.v2_codec import (
     slice_binary_section,
     split_body,
 )
-
 
 # ----- BYTES -----------------------------------------------------------------------------------
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.captioning.data import digit_words, make_example
-from plugins.captioning.evaluate import MAX_CAPTION_LENGTH
-from plugins.captioning.model import Captioner
-from plugins.captioning.task import CaptioningTask
-from plugins.nn.search import beam_search, greedy_decode
-from plugins.task import InputLimits
+from mmserve.plugins.captioning.data import digit_words, make_example
+from mmserve.plugins.captioning.evaluate import MAX_CAPTION_LENGTH
+from mmserve.plugins.captioning.model import Captioner
+from mmserve.plugins.captioning.task import CaptioningTask
+from mmserve.plugins.nn.search import beam_search, greedy_decode
+from mmserve.plugins.task import InputLimits
 
 TASK = CaptioningTask()
 SCENES = [make_example(i, split="test") for i in range(40)]  # handwriting never seen in training

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from plugins.captioning import data
-from plugins.captioning.data import (
+from mmserve.plugins.captioning import data
+from mmserve.plugins.captioning.data import (
     BAND_CENTRES,
     CocoCaptions,
     DigitScenes,
@@ -98,7 +98,7 @@ def test_dataset_items_and_collate():
     dataset = DigitScenes("val", 10, vocab, seed=2)
     image, ids = dataset[0]
     assert image.shape == (3, data.CANVAS_HEIGHT, data.CANVAS_WIDTH) and image.dtype == torch.float32
-    assert -1.0 <= image.min() and image.max() <= 1.0
+    assert image.min() >= -1.0 and image.max() <= 1.0
     assert ids[0] == vocab.bos_id and ids[-1] == vocab.eos_id and vocab.unk_id not in ids.tolist()
     images, captions = collate_captions([dataset[i] for i in range(4)], vocab.pad_id)
     assert images.shape == (4, 3, data.CANVAS_HEIGHT, data.CANVAS_WIDTH)

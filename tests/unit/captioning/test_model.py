@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.captioning.checkpoint import load_captioner
-from plugins.captioning.data import DigitScenes, scene_vocabulary
-from plugins.captioning.evaluate import evaluate_artifact, score_captions
-from plugins.captioning.model import Captioner, CaptionerConfig, EncoderConfig, caption_loss
-from plugins.captioning.plugin import register_tasks
-from plugins.captioning.task import CaptioningTask
-from plugins.captioning.train import resolve_settings
-from plugins.nn.decoder import DecoderConfig
-from plugins.nn.search import DecodeResult, beam_search, greedy_decode
-from plugins.task import TensorSpec, TrainOptions
-from plugins.tracking import MemoryRunLogger
+from mmserve.plugins.captioning.checkpoint import load_captioner
+from mmserve.plugins.captioning.data import DigitScenes, scene_vocabulary
+from mmserve.plugins.captioning.evaluate import evaluate_artifact, score_captions
+from mmserve.plugins.captioning.model import Captioner, CaptionerConfig, EncoderConfig, caption_loss
+from mmserve.plugins.captioning.plugin import register_tasks
+from mmserve.plugins.captioning.task import CaptioningTask
+from mmserve.plugins.captioning.train import resolve_settings
+from mmserve.plugins.nn.decoder import DecoderConfig
+from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
+from mmserve.plugins.task import TensorSpec, TrainOptions
+from mmserve.plugins.tracking import MemoryRunLogger
 
 VOCAB = scene_vocabulary()
 
@@ -98,7 +98,7 @@ def test_shared_search_agrees_on_the_captioner():
 def test_postprocess_and_v2_outputs():
     model = tiny_model()
     task = CaptioningTask()
-    ids = [VOCAB.stoi[w] for w in "a red seven".split()]
+    ids = [VOCAB.stoi[w] for w in ["a", "red", "seven"]]
     attention = torch.softmax(torch.randn(3, 84), dim=1)
     out = task.postprocess(DecodeResult(ids, -1.25, attention), model, include_attention=True)
     assert out["caption"] == "a red seven" and out["tokens"] == ["a", "red", "seven"] and out["score"] == -1.25

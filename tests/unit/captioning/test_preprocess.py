@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from plugins.captioning.data import make_example, scene_vocabulary
-from plugins.captioning.model import Captioner, CaptionerConfig, EncoderConfig
-from plugins.captioning.preprocess import image_bytes_to_tensor
-from plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
-from plugins.task import InputLimits
+from mmserve.plugins.captioning.data import make_example, scene_vocabulary
+from mmserve.plugins.captioning.model import Captioner, CaptionerConfig, EncoderConfig
+from mmserve.plugins.captioning.preprocess import image_bytes_to_tensor
+from mmserve.plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
+from mmserve.plugins.task import InputLimits
 
 LIMITS = InputLimits(max_upload_bytes=200_000, max_pixels=1_000_000)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from plugins.nn.contract import EncoderDecoder, Memory, State
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 
 PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
 VOCAB = OFFSET + 256  # token = byte + OFFSET

@@ -1,6 +1,6 @@
 """Hook implementations of the echo plugin (thin: the task lives in task.py)."""
 
-from plugins import hookimpl
+from mmserve.plugins import hookimpl
 from mmserve_echo.task import EchoTask
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
+from mmserve.plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
+from mmserve.plugins.nn.contract import EncoderDecoder
+from mmserve.plugins.nn.search import DecodeResult
+from mmserve.plugins.task import InputLimits, Task, TensorSpec
 from mmserve_echo.model import OFFSET, EchoModel
-from plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
-from plugins.nn.contract import EncoderDecoder
-from plugins.nn.search import DecodeResult
-from plugins.task import InputLimits, Task, TensorSpec
 
 MAX_CHARS = 4096
 

@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from server.errors import ApiError
-from server.inference import ClientDisconnected, Inference, Timer
-from server.params import GenerationParams, parse_params
-from server.request_body import read_task_input
-from server.runtime import TaskService
+from mmserve.server.http.observed import observed
+from mmserve.server.http.params import GenerationParams, parse_params
+from mmserve.server.http.request_body import read_task_input
+from mmserve.server.inference import Inference
+from mmserve.server.runtime import TaskService
 
 ENDPOINT = "v1"
 
@@ -61,24 +61,7 @@ def _add_task_route(app: FastAPI, inference: Inference, service: TaskService) ->
     metrics = inference.runtime.metrics
 
     async def run_task(request: Request) -> Response:
-        timer = Timer()
-        status = 500
-        try:
-            response = await _handle(request, inference, name)
-            status = response.status_code
-            return response
-        except ApiError as exc:
-            status = exc.status_code
-            raise
-        except ClientDisconnected:
-            status = 499  # nginx's "client closed request": nobody is left to read a response
-            return Response(status_code=499)
-        except Exception as exc:
-            status = getattr(exc, "status_code", 500)
-            raise
-        finally:
-            metrics.requests.labels(name, ENDPOINT, str(status)).inc()
-            metrics.latency.labels(name, ENDPOINT).observe(timer.elapsed)
+        return await observed(_handle(request, inference, name), metrics, name, ENDPOINT)
 
     app.add_api_route(
         f"/v1/{name}",

@@ -19,12 +19,12 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.requests import Request
 
-from registry.models import ResolvedModel
-from server.errors import ApiError
-from server.inference import Inference, await_or_abandon
-from server.params import GenerationParams
-from server.ray_replica import ACCEPTED, REJECTED
-from server.runtime import Runtime, TaskService
+from mmserve.registry.models import ResolvedModel
+from mmserve.server.http.errors import ApiError
+from mmserve.server.http.params import GenerationParams
+from mmserve.server.inference import Inference, await_or_abandon
+from mmserve.server.rayserve.ray_replica import ACCEPTED, REJECTED
+from mmserve.server.runtime import Runtime, TaskService
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class RayInference(Inference):
             event, payload = await asyncio.wait_for(
                 events.__anext__(), self.settings.request_timeout_s + TIMEOUT_MARGIN_S
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             events.cancel()
             raise _timed_out(task, self.settings.request_timeout_s) from None
         except StopAsyncIteration:

@@ -44,16 +44,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from plugins.errors import InputError
-from plugins.task import Task, TensorSpec
-from server import __version__
-from server.engine import EngineOverloaded, EngineStopped
-from server.errors import ApiError
-from server.inference import ClientDisconnected, Inference, Timer, wait_for_disconnect
-from server.params import GenerationParams, parse_params
-from server.runtime import TaskService
-from server.settings import Settings
-from server.v2_codec import (
+from mmserve.plugins.errors import InputError
+from mmserve.plugins.task import Task, TensorSpec
+from mmserve.server import __version__
+from mmserve.server.http.errors import ApiError
+from mmserve.server.http.observed import observed
+from mmserve.server.http.params import GenerationParams, parse_params
+from mmserve.server.http.v2_codec import (
     NUMPY_DTYPES,
     CodecError,
     InferRequest,
@@ -69,6 +66,9 @@ from server.v2_codec import (
     json_object,
     parse_infer_request,
 )
+from mmserve.server.inference import ClientDisconnected, Inference, wait_for_disconnect
+from mmserve.server.runtime import TaskService
+from mmserve.server.settings import Settings
 
 ENDPOINT = "v2"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -241,31 +241,9 @@ def _add_infer_routes(app: FastAPI, inference: Inference) -> None:
 
 async def _observed_infer(request: Request, inference: Inference, model_name: str, version: str | None) -> Response:
     """Run one infer request and record its status and latency."""
-    timer = Timer()
-    status = 500
-    try:
-        response = await _infer(request, inference, model_name, version)
-        status = response.status_code
-        return response
-    except ClientDisconnected:
-        status = 499  # nginx's "client closed request": nobody is left to read a response
-        return Response(status_code=499)
-    except Exception as exc:
-        status = _status_of(exc)
-        raise
-    finally:
-        # Only served tasks get a label: names from the URL would grow the metric without bound.
-        if model_name in inference.runtime.services:
-            metrics = inference.runtime.metrics
-            metrics.requests.labels(model_name, ENDPOINT, str(status)).inc()
-            metrics.latency.labels(model_name, ENDPOINT).observe(timer.elapsed)
-
-
-def _status_of(exc: Exception) -> int:
-    """The status the app's error handlers will answer `exc` with."""
-    if isinstance(exc, (EngineOverloaded, EngineStopped)):
-        return 503
-    return getattr(exc, "status_code", 500)
+    served = model_name in inference.runtime.services
+    work = _infer(request, inference, model_name, version)
+    return await observed(work, inference.runtime.metrics, model_name, ENDPOINT, labelled=served)
 
 
 async def _infer(request: Request, inference: Inference, model_name: str, version: str | None) -> Response:

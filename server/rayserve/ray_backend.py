@@ -17,69 +17,25 @@ from typing import Any
 
 import ray
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from registry.discovery import discover
-from server.app import create_app
-from server.ray_inference import RayInference
-from server.ray_replica import TaskReplica
-from server.runtime import Runtime
-from server.settings import Settings, TaskSettings, resolved_settings
+from mmserve.server.http.app import create_app
+from mmserve.server.rayserve.deployments import (
+    AppArgs,
+    discover_task_names,
+    ingress_deployment_options,
+    task_deployment_options,
+)
+from mmserve.server.rayserve.ray_inference import RayInference
+from mmserve.server.rayserve.ray_replica import TaskReplica
+from mmserve.server.runtime import Runtime
+from mmserve.server.settings import Settings, resolved_settings
 
 log = logging.getLogger(__name__)
 
-IMPORT_PATH = "server.ray_backend:build_app"
-INGRESS_DEPLOYMENT = "ingress"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-class AppArgs(BaseModel):
-    """The builder's arguments (`args` of the application in a Serve config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    settings: dict[str, Any] = Field(
-        default_factory=dict, description="mmserve settings (the YAML layout); the environment fills the rest"
-    )
-
-
-def task_deployment_name(task: str) -> str:
-    return f"task-{task}"
-
-
-def task_deployment_options(task: str, task_settings: TaskSettings) -> dict[str, Any]:
-    """Serve options of a task's deployment: in code and, verbatim, in the written config."""
-    options: dict[str, Any] = {"name": task_deployment_name(task)}
-    if task_settings.autoscaling is not None:
-        scaling = task_settings.autoscaling
-        options["autoscaling_config"] = {
-            "min_replicas": scaling.min_replicas,
-            "max_replicas": scaling.max_replicas,
-            "target_ongoing_requests": scaling.target_ongoing_requests,
-        }
-    else:
-        options["num_replicas"] = task_settings.num_replicas or 1
-    options["max_ongoing_requests"] = task_settings.max_ongoing_requests
-    options["max_queued_requests"] = task_settings.max_queued_requests
-    options["ray_actor_options"] = {"num_cpus": task_settings.num_cpus, "num_gpus": task_settings.num_gpus}
-    return options
-
-
-def ingress_deployment_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "name": INGRESS_DEPLOYMENT,
-        "num_replicas": settings.ray.ingress_replicas,
-        "max_ongoing_requests": settings.ray.ingress_max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": settings.ray.ingress_num_cpus},
-    }
-
-
-def discover_task_names(settings: Settings) -> list[str]:
-    _, found = discover(allow=settings.plugins or None, modules=settings.plugin_modules)
-    return sorted(found.tasks)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @serve.ingress()
@@ -178,6 +134,6 @@ def _tear_down(app_name: str, shared: bool) -> None:
 
 def write_serve_config(settings: Settings) -> str:
     """The Ray Serve config YAML for `settings`, validated (see server/serve_config.py)."""
-    from server.serve_config import serve_config_yaml
+    from mmserve.server.rayserve.serve_config import serve_config_yaml
 
     return serve_config_yaml(settings)

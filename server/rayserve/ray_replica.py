@@ -20,13 +20,11 @@ import ray
 import torch
 from ray import serve
 
-from plugins.errors import InputError
-from server.engine import EngineOverloaded, EngineStopped
-from server.errors import ApiError
-from server.inference import Inference
-from server.params import GenerationParams
-from server.runtime import Runtime
-from server.settings import resolved_settings
+from mmserve.server.http.errors import status_for
+from mmserve.server.http.params import GenerationParams
+from mmserve.server.inference import Inference
+from mmserve.server.runtime import Runtime
+from mmserve.server.settings import resolved_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +47,10 @@ def replica_device() -> torch.device:
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
     """The status, message and headers the embedded app would answer `exc` with."""
-    if isinstance(exc, ApiError):
-        return {"status": exc.status_code, "message": exc.message, "headers": exc.headers}
-    if isinstance(exc, InputError):
-        return {"status": exc.status_code, "message": str(exc), "headers": None}
-    if isinstance(exc, EngineOverloaded):
-        return {"status": 503, "message": str(exc), "headers": {"Retry-After": str(exc.retry_after_s)}}
-    if isinstance(exc, EngineStopped):
-        return {"status": 503, "message": str(exc), "headers": {"Retry-After": "5"}}
-    log.error("unexpected error in a task replica", exc_info=exc)
-    return {"status": 500, "message": f"internal error: {type(exc).__name__}: {exc}", "headers": None}
+    status, message, headers = status_for(exc)
+    if status >= 500 and not headers:
+        log.error("unexpected error in a task replica", exc_info=exc)
+    return {"status": status, "message": message, "headers": headers}
 
 
 class TaskReplica:

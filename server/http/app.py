@@ -10,14 +10,14 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server import __version__
-from server.body_limit import BodySizeLimit
-from server.errors import install_error_handlers
-from server.inference import Inference
-from server.routes_tasks import add_task_routes
-from server.routes_v2 import add_v2_routes
-from server.runtime import Runtime
-from server.settings import Settings
+from mmserve.server import __version__
+from mmserve.server.http.body_limit import BodySizeLimit
+from mmserve.server.http.errors import install_error_handlers
+from mmserve.server.http.routes_tasks import add_task_routes
+from mmserve.server.http.routes_v2 import add_v2_routes
+from mmserve.server.inference import Inference
+from mmserve.server.runtime import Runtime
+from mmserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
 

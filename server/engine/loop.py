@@ -19,14 +19,15 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from plugins.nn.contract import EncoderDecoder, Memory, State, concat_states, select_state
-from plugins.nn.search import DecodeResult, beam_search, choose_next_tokens
-from server.metrics import ServerMetrics
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State, concat_states, select_state
+from mmserve.plugins.nn.search import DecodeResult, beam_search, choose_next_tokens
+from mmserve.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

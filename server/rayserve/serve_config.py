@@ -19,14 +19,14 @@ from pydantic import BaseModel, ValidationError
 from ray.runtime_env import RuntimeEnv
 from ray.serve.schema import ServeDeploySchema
 
-from server.ray_backend import (
+from mmserve.server.rayserve.deployments import (
     IMPORT_PATH,
     AppArgs,
     discover_task_names,
     ingress_deployment_options,
     task_deployment_options,
 )
-from server.settings import Settings, resolved_settings
+from mmserve.server.settings import Settings, resolved_settings
 
 log = logging.getLogger(__name__)
 

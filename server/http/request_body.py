@@ -12,8 +12,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from server.errors import ApiError
-from server.v2_codec import CodecError, decompress_body
+from mmserve.server.http.errors import ApiError
+from mmserve.server.http.v2_codec import CodecError, decompress_body
 
 
 @dataclass

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server.engine import DecodeParams
-from server.errors import ApiError
-from server.settings import Settings
+from mmserve.server.engine import DecodeParams
+from mmserve.server.http.errors import ApiError
+from mmserve.server.settings import Settings
 
 
 class GenerationParams(BaseModel):

@@ -1,0 +1,12 @@
+"""The per-task engine: encoder micro-batches plus an iteration-level decode loop."""
+
+from mmserve.server.engine.loop import (
+    DecodeParams,
+    EngineConfig,
+    EngineOverloaded,
+    EngineStopped,
+    TaskEngine,
+    TokenCallback,
+)
+
+__all__ = ["DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "TaskEngine", "TokenCallback"]
