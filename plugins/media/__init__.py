@@ -1,0 +1,24 @@
+"""Shared media decoding with limits: images, audio and video from raw request bytes.
+
+Every helper raises the plugin errors (`InputError` 400, `UnsupportedMediaType` 415,
+`PayloadTooLarge` 413), so the server maps each failure to a clear 4xx. Plugins import from
+here, never from the submodules: `from mmserve.plugins.media import decode_audio`.
+"""
+
+from mmserve.plugins.media.image import (
+    GENERIC_CONTENT_TYPES,
+    check_image_bytes,
+    decode_image,
+    describe_bytes,
+    image_to_tensor,
+    sniff_media_type,
+)
+
+__all__ = [
+    "GENERIC_CONTENT_TYPES",
+    "check_image_bytes",
+    "decode_image",
+    "describe_bytes",
+    "image_to_tensor",
+    "sniff_media_type",
+]
