@@ -1,0 +1,1 @@
+"""Music generation: JSB Chorales continuation and harmonisation (encoder + attention RNN decoder)."""
