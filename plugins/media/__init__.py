@@ -5,6 +5,7 @@ Every helper raises the plugin errors (`InputError` 400, `UnsupportedMediaType` 
 here, never from the submodules: `from mmserve.plugins.media import decode_audio`.
 """
 
+from mmserve.plugins.media.audio import audio_duration_s, decode_audio
 from mmserve.plugins.media.image import (
     GENERIC_CONTENT_TYPES,
     check_image_bytes,
@@ -13,11 +14,16 @@ from mmserve.plugins.media.image import (
     image_to_tensor,
     sniff_media_type,
 )
+from mmserve.plugins.media.video import VideoInfo, decode_video
 
 __all__ = [
     "GENERIC_CONTENT_TYPES",
+    "VideoInfo",
+    "audio_duration_s",
     "check_image_bytes",
+    "decode_audio",
     "decode_image",
+    "decode_video",
     "describe_bytes",
     "image_to_tensor",
     "sniff_media_type",
