@@ -88,3 +88,22 @@ def encode_video(fmt: str, codec: str, frames: int = 20, rate: int = 10) -> byte
         for packet in stream.encode(None):
             container.mux(packet)
     return buf.getvalue()
+
+
+def mutations(data: bytes, count: int, seed: int) -> list[bytes]:
+    """Seeded damage: cut short, bytes flipped, or a run overwritten with noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for index in range(count):
+        damaged = bytearray(data)
+        kind = index % 3
+        if kind == 0:
+            damaged = damaged[: int(rng.integers(1, len(data)))]
+        elif kind == 1:
+            for _ in range(int(rng.integers(1, 20))):
+                damaged[int(rng.integers(len(damaged)))] = int(rng.integers(256))
+        else:
+            start, length = int(rng.integers(len(damaged))), int(rng.integers(1, 200))
+            damaged[start : start + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+        out.append(bytes(damaged))
+    return out

@@ -9,7 +9,7 @@ import pytest
 
 from mmserve.plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 from mmserve.plugins.media import audio_duration_s, decode_audio
-from tests.unit.media_fixtures import encode_audio, encode_video, sine, stereo_sine
+from tests.unit.media_fixtures import encode_audio, encode_video, mutations, sine, stereo_sine
 
 TARGET = 16_000
 LIMITS = {"max_upload_bytes": 1_000_000, "max_duration_s": 10.0}
@@ -183,3 +183,18 @@ def test_too_long_while_decoding_when_the_header_is_silent_or_lies(monkeypatch, 
     with pytest.raises(PayloadTooLarge, match=r"at least .* s long, over the limit of 0\.25 s"):
         decode(wav, max_duration_s=0.25)
     assert len(decode(wav, max_duration_s=1.0)) == TARGET // 2  # the same file under a looser limit
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec", "rate"), [("mp3", "libmp3lame", 8000), ("ipod", "aac", 8000), ("ogg", "vorbis", 8000)]
+)
+def test_damaged_uploads_never_escape_as_other_errors(fmt: str, codec: str, rate: int) -> None:
+    """Whatever FFmpeg makes of damaged bytes, the caller sees a decoded waveform or an InputError."""
+    data = encode_audio(fmt, codec, stereo_sine(rate), rate)
+    refused = 0
+    for damaged in mutations(data, 30, seed=len(fmt)):
+        try:
+            decode(damaged)
+        except InputError:
+            refused += 1
+    assert refused > 0  # the damage is real: some of it must be refused

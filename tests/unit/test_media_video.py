@@ -8,7 +8,17 @@ import torch
 
 from mmserve.plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 from mmserve.plugins.media import VideoInfo, decode_video
-from tests.unit.media_fixtures import HEIGHT, SQUARE, TOP, WIDTH, encode_audio, encode_video, square_x, stereo_sine
+from tests.unit.media_fixtures import (
+    HEIGHT,
+    SQUARE,
+    TOP,
+    WIDTH,
+    encode_audio,
+    encode_video,
+    mutations,
+    square_x,
+    stereo_sine,
+)
 
 SIZE = (24, 32)  # (H, W): half the source in each direction
 LIMITS = {"max_upload_bytes": 1_000_000, "max_frames": 64, "max_pixels": 100_000, "max_duration_s": 10.0}
@@ -178,3 +188,16 @@ def test_bad_sampling_arguments(mp4: bytes, sampling: dict, message: str) -> Non
     with pytest.raises(InputError, match=message) as excinfo:
         decode(mp4, **sampling)
     exact_type(excinfo, InputError)
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("gif", "gif")])
+def test_damaged_uploads_never_escape_as_other_errors(fmt: str, codec: str) -> None:
+    """Whatever FFmpeg makes of damaged bytes, the caller sees frames or an InputError."""
+    data = encode_video(fmt, codec, frames=SOURCE_FRAMES, rate=SOURCE_FPS)
+    refused = 0
+    for damaged in mutations(data, 30, seed=len(fmt)):
+        try:
+            decode(damaged, frames=4)
+        except InputError:
+            refused += 1
+    assert refused > 0  # the damage is real: some of it must be refused
