@@ -1,0 +1,1 @@
+"""Video action recognition: frame CNN + BiGRU encoder, attention decoder naming each action in order."""

@@ -1,0 +1,40 @@
+"""The action model's artifact directory: config.json, weights.safetensors (never pickles), vocab.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmserve.plugins.action.model import ActionConfig, ActionRecognizer
+from mmserve.plugins.artifacts import load_weights, read_config, save_model_artifacts
+from mmserve.plugins.nn.vocab import Vocabulary
+
+TASK = "action"
+VOCAB_FILE = "vocab.json"
+FORMAT_VERSION = 1
+
+
+def save_recognizer(model: ActionRecognizer, directory: Path, training: dict[str, Any], half: bool = False) -> Path:
+    """Write config.json (encoder, decoder, mode, training recipe), weights.safetensors and vocab.json."""
+    directory = Path(directory)
+    config = {"task": TASK, "format_version": FORMAT_VERSION, **model.config.to_dict(), "training": training}
+    save_model_artifacts(directory, config, model, half=half)
+    model.vocab.save(directory / VOCAB_FILE)
+    return directory
+
+
+def load_recognizer(artifact_dir: Path, device: torch.device | str = "cpu") -> ActionRecognizer:
+    """Build an ActionRecognizer from an artifact directory, in eval mode on `device`."""
+    artifact_dir = Path(artifact_dir)
+    config = read_config(artifact_dir)
+    task, version = config.get("task"), config.get("format_version")
+    if task != TASK or version != FORMAT_VERSION:
+        raise ValueError(f"{artifact_dir} is not an {TASK} artifact of format {FORMAT_VERSION}: task {task!r}, format {version!r}")
+    vocab_path = artifact_dir / VOCAB_FILE
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"model artifact {artifact_dir} has no {VOCAB_FILE}")
+    model = ActionRecognizer(ActionConfig.from_dict(config), Vocabulary.load(vocab_path))
+    load_weights(artifact_dir, model)
+    return model.to(torch.device(device)).eval()

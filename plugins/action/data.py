@@ -1,0 +1,193 @@
+"""Action data: the procedural digit-action clips as a dataset, the vocabulary, collation, and
+encoders that write a clip as MP4 / WebM / AVI / GIF bytes (examples, tests, the README).
+
+The generator itself lives in `clips.py` (what happens, and when) and `render.py` (pixels);
+the UCF-101-style loader for real videos is `ucf.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from mmserve.plugins.action.clips import ACTIONS, CONNECTIVE, NUMBER_WORDS, ClipSpec, sample_clip
+from mmserve.plugins.action.render import render_clip
+from mmserve.plugins.nn.vocab import Vocabulary
+
+
+def action_vocabulary() -> Vocabulary:
+    """Subjects, verbs, their words and the connective; fixed, so any model can read any clip."""
+    words = list(NUMBER_WORDS) + sorted({w for a in ACTIONS for w in a.split()}) + [CONNECTIVE]
+    return Vocabulary(words)
+
+
+def parse_actions(words: Sequence[str]) -> list[tuple[str, str]]:
+    """[(subject, action)] of a caption's words: "seven moves left then ..." -> [("seven", "moves left"), ...].
+
+    Malformed groups (which only an untrained model writes) are kept as they are, so they
+    count as wrong rather than vanishing.
+    """
+    groups, current = [], []
+    for word in list(words) + [CONNECTIVE]:
+        if word == CONNECTIVE:
+            if current:
+                groups.append((current[0], " ".join(current[1:])))
+            current = []
+        else:
+            current.append(word)
+    return groups
+
+
+@dataclass
+class ClipBatch:
+    """Padded clips: frames uint8 [B, T, 3, H, W] (zeros after each clip's end), lengths [B]."""
+
+    frames: torch.Tensor
+    lengths: torch.Tensor
+
+    def to(self, device: torch.device | str) -> ClipBatch:
+        return ClipBatch(self.frames.to(device), self.lengths.to(device))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def collate_clips(clips: Sequence[torch.Tensor]) -> ClipBatch:
+    """Clips uint8 [T_i, 3, H, W] of different lengths -> a ClipBatch padded to the longest."""
+    assert clips, "collate_clips needs at least one clip"
+    shapes = {tuple(c.shape[1:]) for c in clips}
+    assert len(shapes) == 1, f"clips must share [3, H, W], got {sorted(shapes)}"
+    longest = max(c.shape[0] for c in clips)
+    frames = torch.stack([F.pad(c, (0, 0, 0, 0, 0, 0, 0, longest - c.shape[0])) for c in clips])
+    return ClipBatch(frames, torch.tensor([c.shape[0] for c in clips], dtype=torch.long))
+
+
+class ActionClips(Dataset):
+    """`count` clips of `split`; item -> (frames uint8 [T, 3, H, W], caption ids [L], spans [(s, e)])."""
+
+    def __init__(self, split: str, count: int, vocab: Vocabulary, seed: int = 0, size: tuple[int, int] | None = None):
+        self.split, self.count, self.vocab, self.seed = split, count, vocab, seed
+        self.size = tuple(size) if size else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training draws new clips (same handwriting pool) every epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def spec(self, index: int) -> ClipSpec:
+        return sample_clip(self.split, index, self.seed, self.epoch)
+
+    def frames(self, index: int) -> torch.Tensor:
+        spec = self.spec(index)
+        return render_clip(spec, self.size) if self.size else render_clip(spec)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        spec = self.spec(index)
+        frames = render_clip(spec, self.size) if self.size else render_clip(spec)
+        ids = torch.tensor(self.vocab.encode(spec.caption), dtype=torch.long)
+        return frames, ids, spec.spans
+
+
+def collate_training(
+    items: Sequence[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]], pad_id: int
+) -> tuple[ClipBatch, torch.Tensor, list[list[tuple[int, int]]]]:
+    """(ClipBatch, captions [B, L+2] padded with pad_id, spans per clip)."""
+    clips = collate_clips([frames for frames, _, _ in items])
+    longest = max(len(ids) for _, ids, _ in items)
+    captions = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    for row, (_, ids, _) in enumerate(items):
+        captions[row, : len(ids)] = ids
+    return clips, captions, [spans for _, _, spans in items]
+
+
+# --- clips as video files -------------------------------------------------------------------
+
+VIDEO_FORMATS = {  # name -> (container, codec, pixel format, MIME type)
+    "mp4": ("mp4", "libx264", "yuv420p", "video/mp4"),
+    "webm": ("webm", "libvpx-vp9", "yuv420p", "video/webm"),
+    "avi": ("avi", "mpeg4", "yuv420p", "video/x-msvideo"),
+    "gif": ("gif", "", "", "image/gif"),  # written with Pillow (an animated GIF)
+}
+
+
+def encode_video(frames: torch.Tensor | np.ndarray, fmt: str = "mp4", fps: int = 8, scale: int = 4) -> bytes:
+    """uint8 frames [T, 3, H, W] -> video bytes in `fmt` (mp4 H.264, webm VP9, avi MPEG-4, gif).
+
+    `scale` enlarges each frame (nearest) so the file looks like a real, larger video; codecs
+    also want even sizes.
+    """
+    import av
+
+    assert fmt in VIDEO_FORMATS, f"format must be one of {sorted(VIDEO_FORMATS)}, got {fmt!r}"
+    container_name, codec, pix_fmt, _ = VIDEO_FORMATS[fmt]
+    array = torch.as_tensor(frames)
+    assert array.dim() == 4 and array.shape[1] == 3 and array.dtype == torch.uint8, (
+        f"expected uint8 frames [T, 3, H, W], got {array.dtype} {tuple(array.shape)}"
+    )
+    array = array.repeat_interleave(scale, 2).repeat_interleave(scale, 3).permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
+    buffer = io.BytesIO()
+    if fmt == "gif":
+        from PIL import Image
+
+        images = [Image.fromarray(np.ascontiguousarray(image)) for image in array]
+        images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        return buffer.getvalue()
+    with av.open(buffer, mode="w", format=container_name) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = array.shape[2], array.shape[1]
+        stream.pix_fmt = pix_fmt
+        for image in array:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@dataclass
+class ClipExample:
+    data: bytes
+    content_type: str
+    caption: str
+    spans: list[tuple[int, int]]
+    num_frames: int
+    fps: int
+
+
+def make_example(index: int, split: str = "test", seed: int = 0, fmt: str = "mp4", fps: int = 8) -> ClipExample:
+    """A test-split clip as video bytes with its caption and spans (tests, e2e, README, bench)."""
+    spec = sample_clip(split, index, seed)
+    data = encode_video(render_clip(spec), fmt, fps)
+    return ClipExample(data, VIDEO_FORMATS[fmt][3], spec.caption, spec.spans, spec.num_frames, fps)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write one generated action clip as a video file.")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", default="mp4", choices=sorted(VIDEO_FORMATS))
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    example = make_example(args.index, args.split, args.seed, args.format, args.fps)
+    args.out.write_bytes(example.data)
+    spans = ", ".join(f"{s / args.fps:.2f}-{(e + 1) / args.fps:.2f}s" for s, e in example.spans)
+    print(f"{example.caption}  [{spans}]  ({example.num_frames} frames at {args.fps} fps)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""Action recognition as captioning over time: a per-frame CNN, a bidirectional GRU/LSTM over
+the frame features, and the shared attention decoder naming each action in order.
+
+The decoder's attention is over frames, so the frames it reads while writing an action's words
+say *when* that action happens (`spans.py` turns attention into time spans). The same model
+serves single-label datasets (UCF-101 style, `mode="label"`): the decoder then writes one
+class token.
+
+Configuration and modules only; no file or network I/O (artifacts live in checkpoint.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchvision.models.resnet import BasicBlock
+
+from mmserve.plugins.action.data import ClipBatch, collate_clips
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
+from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
+from mmserve.plugins.nn.heads import CategoricalHead
+from mmserve.plugins.nn.vocab import Vocabulary
+
+TEMPORAL = ("bigru", "bilstm", "none")
+
+
+@dataclass
+class ClipEncoderConfig:
+    frame_size: tuple[int, int] = (32, 48)  # (H, W) every frame is resized to
+    stem_width: int = 16  # channels of the stride-2 3x3 stem
+    stage_widths: tuple[int, ...] = (32, 64)  # BasicBlock stages
+    stage_strides: tuple[int, ...] = (2, 2)
+    blocks_per_stage: int = 1
+    frame_dim: int = 128  # per-frame feature (from the flattened grid: position survives)
+    temporal: str = "bigru"  # bigru | bilstm | none (the mean-pooled-frames baseline)
+    temporal_hidden: int = 64  # per direction
+    temporal_layers: int = 1
+    mean: float = 0.5  # input normalisation of 0..1 pixels
+    std: float = 0.5
+    # The pace the model was trained at: requests are sampled at this many frames per second
+    # unless they ask otherwise, and at most `default_frames` frames.
+    default_fps: float = 8.0
+    default_frames: int = 24
+
+    def __post_init__(self) -> None:
+        self.frame_size = tuple(int(v) for v in self.frame_size)
+        self.stage_widths = tuple(int(v) for v in self.stage_widths)
+        self.stage_strides = tuple(int(v) for v in self.stage_strides) or (2,) * len(self.stage_widths)
+        assert self.temporal in TEMPORAL, f"temporal must be one of {TEMPORAL}, got {self.temporal!r}"
+        assert len(self.stage_strides) == len(self.stage_widths), "one stride per stage"
+        assert all(s in (1, 2) for s in self.stage_strides), f"stage strides must be 1 or 2, got {self.stage_strides}"
+
+    @property
+    def memory_dim(self) -> int:
+        return self.frame_dim if self.temporal == "none" else 2 * self.temporal_hidden
+
+
+@dataclass
+class ActionConfig:
+    encoder: ClipEncoderConfig = field(default_factory=ClipEncoderConfig)
+    decoder: DecoderConfig | None = None  # vocab_size / memory_dim filled in by ActionRecognizer
+    mode: str = "sequence"  # sequence: "seven moves left then ..." | label: one class token
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"encoder": asdict(self.encoder), "decoder": self.decoder.to_dict() if self.decoder else None,
+                "mode": self.mode}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ActionConfig:
+        decoder = DecoderConfig(**data["decoder"]) if data.get("decoder") else None
+        return cls(encoder=ClipEncoderConfig(**data["encoder"]), decoder=decoder, mode=data.get("mode", "sequence"))
+
+
+class FrameCNN(nn.Module):
+    """frames [N, 3, H, W] (normalised) -> features [N, frame_dim], from the flattened grid."""
+
+    def __init__(self, c: ClipEncoderConfig):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, c.stem_width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c.stem_width),
+            nn.ReLU(inplace=True),
+        ]
+        width = c.stem_width
+        for out, stage_stride in zip(c.stage_widths, c.stage_strides):
+            for b in range(c.blocks_per_stage):
+                stride = stage_stride if b == 0 else 1
+                downsample = None
+                if stride != 1 or width != out:
+                    downsample = nn.Sequential(nn.Conv2d(width, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+                layers.append(BasicBlock(width, out, stride=stride, downsample=downsample))
+                width = out
+        self.body = nn.Sequential(*layers)
+        h, w = c.frame_size
+        for stride in (2, *c.stage_strides):  # 3x3 convs, padding 1
+            h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+        self.grid = (h, w)
+        # Flatten rather than average-pool: "moves left" is a change of *where*, which pooling erases.
+        self.project = nn.Sequential(nn.Flatten(), nn.Linear(width * h * w, c.frame_dim), nn.ReLU(inplace=True))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.project(self.body(frames))
+
+
+class ClipEncoder(nn.Module):
+    """ClipBatch (uint8 frames [B, T, 3, H, W], lengths [B]) -> memory values [B, N, D], mask [B, N].
+
+    N = T with a temporal RNN (one memory position per frame); N = 1 for `temporal="none"`
+    (the mean of the real frames' features: the no-temporal-encoder baseline).
+    """
+
+    def __init__(self, c: ClipEncoderConfig):
+        super().__init__()
+        self.config = c
+        self.cnn = FrameCNN(c)
+        rnn = {"bigru": nn.GRU, "bilstm": nn.LSTM}.get(c.temporal)
+        self.rnn = None
+        if rnn is not None:
+            self.rnn = rnn(c.frame_dim, c.temporal_hidden, num_layers=c.temporal_layers, batch_first=True,
+                           bidirectional=True)  # fmt: skip
+
+    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, lengths = batch.frames, batch.lengths
+        c = self.config
+        assert frames.dim() == 5 and tuple(frames.shape[2:]) == (3, *c.frame_size), (
+            f"expected frames [B, T, 3, {c.frame_size[0]}, {c.frame_size[1]}], got {tuple(frames.shape)}"
+        )
+        assert lengths.shape == frames.shape[:1], f"lengths {tuple(lengths.shape)} for {frames.shape[0]} clips"
+        assert bool((lengths >= 1).all()) and int(lengths.max()) <= frames.shape[1], f"bad lengths {lengths.tolist()}"
+        batch_size, steps = frames.shape[:2]
+        mask = torch.arange(steps, device=frames.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
+        real = frames[mask].float().div_(255.0).sub_(c.mean).div_(c.std)  # only real frames reach the CNN
+        features = frames.new_zeros(batch_size, steps, c.frame_dim, dtype=real.dtype)
+        features[mask] = self.cnn(real)  # [B, T, F]
+        if self.rnn is None:
+            weights = mask.unsqueeze(-1).to(features.dtype)
+            pooled = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)  # [B, 1, F]
+            return pooled, mask.new_ones(batch_size, 1)
+        # Packing makes the backward direction start at each clip's own last frame, so a clip
+        # encodes the same alone or padded in a batch.
+        packed = pack_padded_sequence(features, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        values, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=steps)  # [B, T, 2H]
+        return values, mask
+
+
+class ActionRecognizer(EncoderDecoder):
+    """ClipEncoder + the shared AttentionDecoder; attention runs over frames."""
+
+    output_kind = "categorical"
+
+    def __init__(self, config: ActionConfig, vocab: Vocabulary):
+        super().__init__()
+        memory_dim = config.encoder.memory_dim
+        decoder = config.decoder or DecoderConfig(vocab_size=len(vocab), memory_dim=memory_dim)
+        assert decoder.vocab_size == len(vocab), f"decoder vocab_size {decoder.vocab_size} != vocabulary {len(vocab)}"
+        assert decoder.memory_dim == memory_dim, f"decoder memory_dim {decoder.memory_dim} != encoder's {memory_dim}"
+        assert decoder.output_kind == "categorical", "actions are token ids: output_kind must be categorical"
+        assert config.mode in ("sequence", "label"), f"mode must be sequence or label, got {config.mode!r}"
+        self.config = ActionConfig(encoder=config.encoder, decoder=decoder, mode=config.mode)
+        self.vocab = vocab
+        self.bos_id, self.eos_id, self.pad_id = vocab.bos_id, vocab.eos_id, vocab.pad_id
+        self.head = CategoricalHead(self.bos_id, self.eos_id)
+        self.encoder = ClipEncoder(config.encoder)
+        self.decoder = AttentionDecoder(decoder)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.config.encoder.frame_size
+
+    @property
+    def pooled(self) -> bool:
+        """True for the no-temporal-encoder baseline: one memory position stands for every frame."""
+        return self.config.encoder.temporal == "none"
+
+    def collate(self, items: list[torch.Tensor]) -> ClipBatch:  # type: ignore[override]
+        return collate_clips(items)
+
+    def encode(self, batch: ClipBatch) -> Memory:  # type: ignore[override]
+        values, mask = self.encoder(batch)
+        return self.decoder.prepare_memory(values, mask)
+
+    def init_state(self, memory: Memory) -> State:
+        return self.decoder.init_state(memory)
+
+    def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        return self.decoder.step(prev, state, memory)
+
+    def forward(self, batch: ClipBatch, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: inputs [B, L] -> logits [B, L, V], attention [B, L, N]."""
+        return self.decoder.forward_teacher(self.encode(batch), inputs)
+
+    def frame_attention(self, attention: torch.Tensor, length: int) -> torch.Tensor:
+        """Attention rows [L, N] of one clip -> weights over its frames [L, length]."""
+        if self.pooled:  # the single position is every frame alike
+            return attention.sum(-1, keepdim=True).expand(-1, length) / length
+        return attention[:, :length]
+
+
+def action_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    attention: torch.Tensor,
+    pad_id: int,
+    spans: list[list[tuple[int, int]]] | None,
+    weight: float,
+    words_per_action: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over real tokens plus supervised attention on the true spans.
+
+    logits [B, L, V], targets [B, L], attention [B, L, N]. Target k*4 + {0,1,2} are action k's
+    subject, verb and word ("then" follows): their attention rows are pulled towards a uniform
+    distribution over the action's true frames [start, end] (cross-entropy against it), which
+    is what makes the attention a usable "when". `weight` 0 or no spans: plain cross-entropy.
+    Returns (total loss, cross-entropy).
+    """
+    assert logits.shape[:2] == targets.shape == attention.shape[:2], (
+        f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, attention {tuple(attention.shape)}"
+    )
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=pad_id)
+    if not spans or weight <= 0 or attention.shape[-1] == 1:  # a pooled memory has nothing to localise
+        return ce, ce
+    wanted = torch.zeros_like(attention)  # [B, L, N]
+    for row, clip_spans in enumerate(spans):
+        for k, (start, end) in enumerate(clip_spans):
+            for offset in range(words_per_action - 1):
+                step = k * words_per_action + offset
+                if step < wanted.shape[1]:
+                    wanted[row, step, start : end + 1] = 1.0 / (end - start + 1)
+    supervised = wanted.sum(-1) > 0  # [B, L]
+    if not bool(supervised.any()):
+        return ce, ce
+    align = -(wanted * torch.log(attention.clamp_min(1e-8))).sum(-1)[supervised].mean()
+    return ce + weight * align, ce

@@ -1,0 +1,95 @@
+"""The action task: name each action in a video clip, in order, with its time span."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmserve.plugins.action.checkpoint import load_recognizer
+from mmserve.plugins.action.model import ActionRecognizer
+from mmserve.plugins.action.preprocess import CONTENT_TYPES, video_bytes_to_clip
+from mmserve.plugins.action.spans import find_actions
+from mmserve.plugins.nn.contract import EncoderDecoder
+from mmserve.plugins.nn.search import DecodeResult
+from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
+from mmserve.plugins.tracking import RunLogger
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class ActionTask(Task):
+    name = "action"
+    description = "Name the actions in a video clip, in order, with their time spans (frame CNN + BiGRU + attention LSTM)."
+    content_types = CONTENT_TYPES
+    v2_inputs = (TensorSpec("VIDEO", "BYTES", (1,)),)
+    v2_outputs = (TensorSpec("CAPTION", "BYTES", (1,)), TensorSpec("ACTIONS", "BYTES", (1,)))
+    default_max_length = 16
+
+    def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
+        return load_recognizer(artifact_dir, device)
+
+    def bundled_artifacts(self) -> Path | None:
+        return WEIGHTS_DIR
+
+    def preprocess(self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits) -> Any:
+        assert isinstance(model, ActionRecognizer), f"action needs an ActionRecognizer, got {type(model).__name__}"
+        return video_bytes_to_clip(data, content_type, model, limits)
+
+    def input_cost(self, inputs: Any) -> int:
+        """Frames of the clip: what the encoder's cost grows with."""
+        return int(inputs.shape[0])
+
+    def postprocess(self, result: DecodeResult, model: EncoderDecoder, include_attention: bool) -> dict[str, Any]:
+        assert isinstance(model, ActionRecognizer), f"action needs an ActionRecognizer, got {type(model).__name__}"
+        return describe(result, model, include_attention)
+
+    def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        return {"CAPTION": output["caption"], "ACTIONS": json.dumps(output["actions"])}
+
+    def train(self, options: TrainOptions, logger: RunLogger) -> TrainResult:
+        from mmserve.plugins.action.train import train_recognizer
+
+        return train_recognizer(options, logger)
+
+    def evaluate(self, artifact_dir: Path, logger: RunLogger, device: str = "cpu") -> dict[str, float]:
+        from mmserve.plugins.action.evaluate import evaluate_artifact
+
+        return evaluate_artifact(Path(artifact_dir), logger, device)
+
+
+def describe(
+    result: DecodeResult, model: ActionRecognizer, include_attention: bool, frame_times: list[float] | None = None
+) -> dict[str, Any]:
+    """The JSON of one decoded clip: caption, actions with spans in seconds, tokens, score.
+
+    `frame_times` are the sampled frames' times; without them (the server does not pass the
+    decoder's VideoInfo to postprocess yet) frame k is at k / default_fps, which is exact for
+    the default sampling.
+    """
+    skip = (model.vocab.pad_id, model.vocab.bos_id)
+    kept = [i for i, t in enumerate(result.tokens) if t not in skip]
+    words = [model.vocab.itos[result.tokens[i]] for i in kept]
+    rows = result.attention[kept] if result.attention is not None and kept else None
+    frames = rows.shape[-1] if rows is not None else 0
+    attention = model.frame_attention(rows, frames) if rows is not None and not model.pooled else rows
+    period = 1.0 / model.config.encoder.default_fps
+    times = frame_times or [k * period for k in range(max(frames, 1))]
+    end_of = lambda f: times[f + 1] if f + 1 < len(times) else times[f] + period  # noqa: E731
+    # Per-token probabilities are not in DecodeResult yet; each action carries the sequence's
+    # mean per-token probability until they are.
+    mean_prob = float(torch.tensor(result.score / max(len(result.tokens) + 1, 1)).exp())
+    actions = []
+    for found in find_actions(words, attention if not model.pooled else None):
+        start, end = found.span if found.span[1] >= found.span[0] else (0, max(frames - 1, 0))
+        actions.append({"action": found.action, "subject": found.subject, "start_s": round(times[start], 3),
+                        "end_s": round(end_of(end), 3), "score": round(mean_prob, 4)})  # fmt: skip
+    output: dict[str, Any] = {"caption": " ".join(words), "actions": actions, "tokens": words, "score": float(result.score)}
+    if include_attention:
+        output["attention"] = [
+            {"token": w, "frames": [round(float(v), 4) for v in row]} for w, row in zip(words, attention if attention is not None else [])
+        ]
+    return output
