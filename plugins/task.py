@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from mmserve.plugins.nn.contract import EncoderDecoder
-from mmserve.plugins.nn.search import DecodeResult
+from mmserve.plugins.nn.decoding import DecodeResult
 from mmserve.plugins.tracking import RunLogger
 
 
@@ -71,6 +72,9 @@ class Task(ABC):
     v2_inputs: tuple[TensorSpec, ...] = ()
     v2_outputs: tuple[TensorSpec, ...] = ()
     default_max_length: int = 32
+    # The task's own request parameters (e.g. frames per second), a pydantic model; when set,
+    # preprocess and postprocess receive a validated instance as `options=`.
+    request_options: type[BaseModel] | None = None
 
     @abstractmethod
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
@@ -88,10 +92,18 @@ class Task(ABC):
     def postprocess(self, result: DecodeResult, model: EncoderDecoder, include_attention: bool) -> dict[str, Any]:
         """JSON fields for one decoded sequence (e.g. caption, tokens, score)."""
 
-    def token_text(self, token_id: int, model: EncoderDecoder) -> str:
-        """Text of one emitted token, for streaming partial output."""
+    def input_cost(self, inputs: Any) -> int:
+        """What one preprocessed input costs the encoder batch (e.g. its audio or video frames).
+        An encoder batch closes at `max_batch_cost`, so one long input does not pad many short ones."""
+        return 1
+
+    def token_text(self, item: Any, model: EncoderDecoder) -> Any:
+        """JSON of one decoded step, for streaming partial output: a token's text for
+        categorical models with a vocabulary, the head's item (frame, vector) otherwise."""
         vocab = getattr(model, "vocab", None)
-        return vocab.itos[token_id] if vocab is not None else str(token_id)
+        if vocab is not None and isinstance(item, int):
+            return vocab.itos[item]
+        return item
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
         """Map one `postprocess` result to Open Inference Protocol output tensors by name."""

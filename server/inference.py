@@ -6,6 +6,7 @@ Shared by the task endpoints, the Open Inference Protocol endpoints and the Ray 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,12 +77,18 @@ class Inference:
             raise ApiError(503, f"task {task!r} is not ready: {reason}", {"Retry-After": "5"})
         return service
 
-    async def preprocess(self, service: TaskService, data: bytes, content_type: str | None) -> Any:
+    async def preprocess(
+        self, service: TaskService, data: bytes, content_type: str | None, params: GenerationParams
+    ) -> Any:
         loop = asyncio.get_running_loop()
-        limits = self.settings.input_limits()
-        return await loop.run_in_executor(
-            self.executor, service.task.preprocess, data, content_type, service.model, limits
-        )
+        limits = self.settings.task_input_limits(service.name)
+        task, model = service.task, service.model
+        if task.request_options is None:
+            work = functools.partial(task.preprocess, data, content_type, model, limits)
+        else:
+            options = task.request_options.model_validate(params.options)
+            work = functools.partial(task.preprocess, data, content_type, model, limits, options=options)
+        return await loop.run_in_executor(self.executor, work)
 
     async def decode(
         self,
@@ -102,7 +109,12 @@ class Inference:
             ) from None
 
     def postprocess(self, service: TaskService, result: DecodeResult, params: GenerationParams) -> dict[str, Any]:
-        output = service.task.postprocess(result, service.model, params.attention)
+        task = service.task
+        if task.request_options is None:
+            output = task.postprocess(result, service.model, params.attention)
+        else:
+            options = task.request_options.model_validate(params.options)
+            output = task.postprocess(result, service.model, params.attention, options=options)
         output["model"] = {"name": service.name, "version": service.version}
         return output
 
@@ -116,7 +128,7 @@ class Inference:
     ) -> dict[str, Any]:
         """The JSON result for one input."""
         service = self.service(task)
-        inputs = await self.preprocess(service, data, content_type)
+        inputs = await self.preprocess(service, data, content_type, params)
         result = await self.decode(service, inputs, params, request)
         return self.postprocess(service, result, params)
 
@@ -126,7 +138,7 @@ class Inference:
         """Validate and preprocess now (so bad input is still a 4xx), then return an iterator
         of ("token", {...}) events and a final ("result", {...}) or ("error", {...})."""
         service = self.service(task)
-        inputs = await self.preprocess(service, data, content_type)
+        inputs = await self.preprocess(service, data, content_type, params)
         return self._stream(service, inputs, params)
 
     async def _stream(

@@ -92,7 +92,12 @@ class Runtime:
             service.model = service.task.load_model(service.resolved.path, device)
             service.device = str(device)
             service.engine = TaskEngine(
-                service.name, service.model, task_settings.engine_config(), self.metrics, device
+                service.name,
+                service.model,
+                task_settings.engine_config(),
+                self.metrics,
+                device,
+                input_cost=service.task.input_cost,
             ).start()
             service.status, service.error = "ready", None
             log.info(

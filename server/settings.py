@@ -50,6 +50,11 @@ class TaskSettings(BaseModel):
     alias: str = Field("production", description="MLflow model alias to serve: models:/<task>@<alias>")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     max_batch_size: int = Field(16, ge=1, le=1024, description="Inputs per encoder batch")
+    max_batch_cost: int = Field(
+        0, ge=0, description="Summed input cost (e.g. audio/video frames) per encoder batch; 0 = no limit"
+    )
+    max_frames: int | None = Field(None, ge=1, description="This task's video frame limit (server-wide if unset)")
+    max_duration_s: float | None = Field(None, gt=0, description="This task's media length limit, seconds")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="Wait from the first arrival for a fuller batch")
     max_active: int = Field(64, ge=1, le=4096, description="Sequences decoding at once")
     max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting for a decode slot; then 503")
@@ -90,7 +95,13 @@ class TaskSettings(BaseModel):
     def engine_config(self) -> EngineConfig:
         from mmserve.server.engine import EngineConfig
 
-        return EngineConfig(self.max_batch_size, self.max_wait_ms, self.max_active, self.max_queue)
+        return EngineConfig(
+            max_batch_size=self.max_batch_size,
+            max_batch_cost=self.max_batch_cost,
+            max_wait_ms=self.max_wait_ms,
+            max_active=self.max_active,
+            max_queue=self.max_queue,
+        )
 
 
 class RaySettings(BaseModel):
@@ -175,6 +186,18 @@ class Settings(BaseSettings):
         from mmserve.plugins.task import InputLimits
 
         return InputLimits(self.max_upload_bytes, self.max_pixels, self.max_frames, self.max_duration_s)
+
+    def task_input_limits(self, name: str) -> InputLimits:
+        """The input limits of one task: the server-wide ones, with that task's overrides."""
+        from dataclasses import replace
+
+        task = self.task(name)
+        limits = self.input_limits()
+        if task.max_frames is not None:
+            limits = replace(limits, max_frames=task.max_frames)
+        if task.max_duration_s is not None:
+            limits = replace(limits, max_duration_s=task.max_duration_s)
+        return limits
 
 
 class _ResolvedSettings(Settings):

@@ -16,6 +16,7 @@ from torchvision.models.resnet import BasicBlock
 
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
+from mmserve.plugins.nn.heads import CategoricalHead
 from mmserve.plugins.nn.vocab import Vocabulary
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -160,8 +161,6 @@ class ImageEncoder(nn.Module):
 class Captioner(EncoderDecoder):
     """Show, Attend and Tell: ImageEncoder + the shared AttentionDecoder (LSTM, Bahdanau, beta gate)."""
 
-    output_kind = "categorical"
-
     def __init__(self, config: CaptionerConfig, vocab: Vocabulary):
         super().__init__()
         decoder = config.decoder or DecoderConfig(vocab_size=len(vocab), memory_dim=config.encoder.memory_dim)
@@ -171,6 +170,7 @@ class Captioner(EncoderDecoder):
         self.config = CaptionerConfig(encoder=config.encoder, decoder=decoder)
         self.vocab = vocab
         self.bos_id, self.eos_id, self.pad_id = vocab.bos_id, vocab.eos_id, vocab.pad_id
+        self.head = CategoricalHead(vocab.bos_id, vocab.eos_id)
         self.encoder = ImageEncoder(config.encoder)
         self.decoder = AttentionDecoder(decoder)
         self.grid_size: tuple[int, int] = self.encoder.grid_size

@@ -6,11 +6,14 @@ engine can gather, scatter and concatenate rows of any task's state without know
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from mmserve.plugins.nn.heads import OutputHead
 
 State = dict[str, torch.Tensor]
 
@@ -78,30 +81,47 @@ def concat_states(states: list[State]) -> State:
     return {k: torch.cat([s[k] for s in states], dim=0) for k in keys}
 
 
-class EncoderDecoder(nn.Module):
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move a collated batch to `device`: a tensor, or any nesting of tuples, lists, dicts and
+    dataclasses holding tensors (other values are left as they are)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if is_dataclass(batch) and not isinstance(batch, type):
+        return replace(batch, **{f.name: to_device(getattr(batch, f.name), device) for f in fields(batch)})
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(value, device) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+class EncoderDecoder(nn.Module, metaclass=ABCMeta):
     """Base class of every task model: an encoder plus an attention RNN decoder.
 
-    Subclasses set `bos_id`, `eos_id` (categorical heads) and implement the methods below.
-    `prev` is a LongTensor [B] of token ids for categorical heads, or a float [B, V] multi-hot
-    frame for Bernoulli heads.
+    A subclass sets `self.head` (an `OutputHead`, see heads.py) in `__init__` and implements
+    `encode`, `init_state` and `step`. What `prev` and a step's output are belongs to the head:
+    token ids and logits for a categorical head, multi-hot frames and per-unit logits for a
+    Bernoulli head, real vectors and mean / log-variance for a Gaussian head.
     """
 
-    bos_id: int = 1
-    eos_id: int = 2
-    output_kind: str = "categorical"
+    head: OutputHead
 
-    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
-        """Batch preprocessed inputs for `encode`; same-shaped inputs are stacked by default."""
+    def collate(self, items: list[Any]) -> Any:
+        """Batch preprocessed inputs for `encode`. Any nesting of tensors may be returned
+        (padded values plus lengths, say); the engine moves it to the device as a whole.
+        Same-shaped tensors are stacked by default."""
         return torch.stack(items, dim=0)
 
-    def encode(self, batch: torch.Tensor) -> Memory:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, batch: Any) -> Memory:
+        """The collated batch -> Memory(values [B, N, D], mask [B, N] from the real lengths)."""
 
-    def init_state(self, memory: Memory) -> State:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def init_state(self, memory: Memory) -> State:
+        """The decoder state for B sequences: a dict of batch-first tensors."""
 
-    def step(
-        self, prev: torch.Tensor, state: State, memory: Memory
-    ) -> tuple[torch.Tensor, State, torch.Tensor]:  # pragma: no cover - abstract
-        """One decoding step: logits [B, V], the new state, attention weights [B, N]."""
-        raise NotImplementedError
+    @abstractmethod
+    def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """One decoding step: the head's output [B, ...], the new state, attention weights [B, N]."""

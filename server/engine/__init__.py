@@ -7,6 +7,7 @@ from mmserve.server.engine.loop import (
     EngineStopped,
     TaskEngine,
     TokenCallback,
+    UnsupportedDecoding,
 )
 
-__all__ = ["DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "TaskEngine", "TokenCallback"]
+__all__ = ["DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "TaskEngine", "TokenCallback", "UnsupportedDecoding"]

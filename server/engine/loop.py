@@ -1,15 +1,17 @@
-"""The per-task engine: encoder micro-batching plus an iteration-level decode loop.
+"""The per-task engine: an encoder thread feeding an iteration-level decode loop.
 
-One worker thread owns the model. Requests wait in a bounded queue; when the decode loop is
-idle the first arrival opens an encoder batch that closes at `max_batch_size` inputs or
-`max_wait_ms` after that arrival. While sequences are decoding, waiting requests join at the
-next step (their encoder outputs are padded and concatenated to the active memory) and
-finished or cancelled sequences leave, so a short caption never waits for a long one.
-
-Beam-search requests are decoded as their own batch between loop steps.
+Two worker threads own the model, so the decode loop never waits on a convolution:
+- the **encoder** takes waiting requests in micro-batches that close at `max_batch_size`
+  inputs, at `max_batch_cost` (a task's cost per input, e.g. audio or video frames, so one long
+  clip does not pad many short ones), or `max_wait_ms` after the first arrival when nothing is
+  decoding; it encodes them and hands memory plus initial state to the decoder;
+- the **decoder** steps one `DecodingBatch` (plugins/nn/decoding.py). Encoded requests join
+  between steps, finished and cancelled ones leave, and beam-search requests are K rows of
+  the same batch, so no request stalls another.
 
 Following Ray Serve's batching: one future per request, an exception reaches every caller
 whose input was in the failing batch, and a cancelled request is dropped, freeing its slot.
+Results and streamed outputs reach the event loop once per step, not once per row.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State, concat_states, select_state
-from mmserve.plugins.nn.search import DecodeResult, beam_search, choose_next_tokens
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State, to_device
+from mmserve.plugins.nn.decoding import DecodeParams, DecodeResult, DecodingBatch, Sequence, StepEvents
+from mmserve.plugins.nn.heads import OutputHead
 from mmserve.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+TokenCallback = Callable[[Any], None]
+
+__all__ = ["DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "TaskEngine", "TokenCallback"]
 
 
 class EngineOverloaded(RuntimeError):
@@ -48,90 +55,36 @@ class EngineStopped(RuntimeError):
     status_code = 503
 
 
+class UnsupportedDecoding(ValueError):
+    """The request asks for a decoding the task's output head cannot do (HTTP 422)."""
+
+    status_code = 422
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch_size: int = 16  # inputs per encoder batch
+    max_batch_cost: int = 0  # summed input cost per encoder batch (0: no limit)
     max_wait_ms: float = 5.0  # how long the first arrival waits for company
     max_active: int = 64  # sequences decoding at once
     max_queue: int = 256  # requests waiting beyond the active ones
 
 
-@dataclass(frozen=True)
-class DecodeParams:
-    max_length: int = 32
-    beam_size: int = 1
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = no limit
-    top_p: float = 1.0
-    length_penalty: float = 0.0  # GNMT alpha, beam search only
-    keep_attention: bool = False
-
-
-TokenCallback = Callable[[int], None]
-
-
 class _Request:
-    def __init__(self, inputs: Any, params: DecodeParams, loop: asyncio.AbstractEventLoop, on_token: TokenCallback | None):
-        self.inputs = inputs
-        self.params = params
+    def __init__(self, inputs: Any, params: DecodeParams, cost: int, loop: asyncio.AbstractEventLoop, on_token):
+        self.inputs, self.params, self.cost = inputs, params, cost
         self.loop = loop
         self.future: asyncio.Future[DecodeResult] = loop.create_future()
-        self.on_token = on_token
+        self.on_token: TokenCallback | None = on_token
         self.cancelled = False
         self.arrived = time.monotonic()
 
-    def cancel(self) -> None:
-        # Read by the worker thread at its next step; a bool write is atomic under the GIL.
-        self.cancelled = True
-
-    def resolve(self, result: DecodeResult | BaseException) -> None:
-        self.loop.call_soon_threadsafe(_settle, self.future, result)
-
-    def emit(self, token: int) -> None:
-        if self.on_token is not None:
-            self.loop.call_soon_threadsafe(self.on_token, token)
-
-
-def _settle(future: asyncio.Future, result: DecodeResult | BaseException) -> None:
-    if future.done():  # the caller gave up (cancelled or timed out)
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
-
 
 @dataclass
-class _Row:
-    request: _Request
-    positions: int  # real memory length N of this row
-    tokens: list[int] = field(default_factory=list)
-    attention: list[torch.Tensor] = field(default_factory=list)
-    score: float = 0.0
-
-
-@dataclass
-class _ActiveBatch:
-    rows: list[_Row] = field(default_factory=list)
-    memory: Memory | None = None
-    state: State | None = None
-    prev: torch.Tensor | None = None
-    temperature: torch.Tensor | None = None
-    top_k: torch.Tensor | None = None
-    top_p: torch.Tensor | None = None
-
-    def keep(self, index: list[int]) -> None:
-        if len(index) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in index]
-        if not self.rows:
-            self.memory = self.state = self.prev = self.temperature = self.top_k = self.top_p = None
-            return
-        idx = torch.tensor(index, device=self.prev.device)
-        self.memory = self.memory.select(idx)
-        self.state = select_state(self.state, idx)
-        self.prev, self.temperature = self.prev[idx], self.temperature[idx]
-        self.top_k, self.top_p = self.top_k[idx], self.top_p[idx]
+class _Encoded:
+    requests: list[_Request]
+    memory: Memory
+    state: State
 
 
 class TaskEngine:
@@ -144,34 +97,48 @@ class TaskEngine:
         config: EngineConfig = EngineConfig(),
         metrics: ServerMetrics | None = None,
         device: torch.device | str = "cpu",
+        input_cost: Callable[[Any], int] | None = None,
     ):
         assert config.max_batch_size >= 1 and config.max_active >= 1, f"bad engine config {config}"
+        assert isinstance(getattr(model, "head", None), OutputHead), (
+            f"{type(model).__name__} has no output head: set self.head (see mmserve.plugins.nn.heads)"
+        )
         self.task = task
         self.model = model.eval()
         self.config = config
         self.metrics = metrics
         self.device = torch.device(device)
+        self.input_cost = input_cost or (lambda inputs: 1)
+        self._cv = threading.Condition()
         self._waiting: collections.deque[_Request] = collections.deque()
-        self._wakeup = threading.Condition()
+        self._ready: list[_Encoded] = []
+        self._cancelled: list[_Request] = []
+        self._pending = 0  # requests taken by the encoder and not yet joined
+        self._encoded_total = 0
+        self._active = 0  # sequences in the decode batch
         self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._active_count = 0
+        self._encoder_done = False
+        self._threads: list[threading.Thread] = []
 
     # ----- caller side (event loop thread) -------------------------------------------------
 
     def start(self) -> TaskEngine:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"engine-{self.task}", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._threads = [
+                threading.Thread(target=self._encode_loop, name=f"encode-{self.task}", daemon=True),
+                threading.Thread(target=self._decode_loop, name=f"decode-{self.task}", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking requests, finish those already accepted, and join the worker."""
-        with self._wakeup:
+        """Stop taking requests, finish those already accepted, and join the workers."""
+        with self._cv:
             self._stopping = True
-            self._wakeup.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            self._cv.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     @property
     def queue_depth(self) -> int:
@@ -179,7 +146,20 @@ class TaskEngine:
 
     @property
     def active_sequences(self) -> int:
-        return self._active_count
+        return self._active
+
+    @property
+    def encoded_requests(self) -> int:
+        """Requests encoded so far; each joins the decode batch at the step after its encoding."""
+        return self._encoded_total
+
+    def check(self, params: DecodeParams) -> None:
+        """Refuse decoding the model's head cannot do, before any work is queued."""
+        if params.beam_size > 1 and not self.model.head.supports_beam:
+            raise UnsupportedDecoding(
+                f"task {self.task!r} produces {self.model.head.kind} outputs, which beam search cannot "
+                "decode; use beam_size=1 (greedy or sampling)"
+            )
 
     async def generate(self, inputs: Any, params: DecodeParams, on_token: TokenCallback | None = None) -> DecodeResult:
         """Decode one preprocessed input; cancelling the awaiting task frees its slot."""
@@ -187,12 +167,13 @@ class TaskEngine:
         try:
             return await request.future
         except asyncio.CancelledError:
-            request.cancel()
+            self.cancel(request)
             raise
 
     def submit(self, inputs: Any, params: DecodeParams, on_token: TokenCallback | None = None) -> _Request:
-        request = _Request(inputs, params, asyncio.get_running_loop(), on_token)
-        with self._wakeup:
+        self.check(params)
+        request = _Request(inputs, params, max(1, int(self.input_cost(inputs))), asyncio.get_running_loop(), on_token)
+        with self._cv:
             if self._stopping:
                 raise EngineStopped(f"task {self.task!r} is shutting down")
             if len(self._waiting) >= self.config.max_queue:
@@ -200,57 +181,165 @@ class TaskEngine:
                     self.metrics.rejected.labels(self.task).inc()
                 raise EngineOverloaded(self.task, len(self._waiting))
             self._waiting.append(request)
-            self._wakeup.notify()
+            self._cv.notify_all()
         self._observe_queue()
         return request
 
-    # ----- worker thread ------------------------------------------------------------------
+    def cancel(self, request: _Request) -> None:
+        with self._cv:
+            request.cancelled = True
+            self._cancelled.append(request)
 
-    def _run(self) -> None:
-        active = _ActiveBatch()
+    # ----- encoder thread -----------------------------------------------------------------
+
+    def _encode_loop(self) -> None:
         with torch.inference_mode():
             while True:
-                admitted = self._admit(idle=not active.rows)
-                if admitted is None:
+                batch = self._next_encoder_batch()
+                if batch is None:
                     break
-                admitted = [r for r in admitted if not r.cancelled]
-                flat = [r for r in admitted if r.params.beam_size == 1]
-                beams = [r for r in admitted if r.params.beam_size > 1]
-                if flat:
-                    self._join(active, flat)
-                if beams:
-                    self._decode_beams(beams)
-                if active.rows:
-                    self._step(active)
-                self._active_count = len(active.rows)
-                if self.metrics:
-                    self.metrics.active_sequences.labels(self.task).set(len(active.rows))
-        for request in self._drain():
-            request.resolve(EngineStopped(f"task {self.task!r} shut down before decoding this request"))
+                if batch:
+                    self._encode(batch)
+        with self._cv:
+            self._encoder_done = True
+            self._cv.notify_all()
 
-    def _admit(self, idle: bool) -> list[_Request] | None:
-        """Requests to start now; None when the engine should exit."""
-        free = self.config.max_active - (0 if idle else self._active_count)
-        with self._wakeup:
-            if idle:
-                while not self._waiting and not self._stopping:
-                    self._wakeup.wait()
+    def _next_encoder_batch(self) -> list[_Request] | None:
+        """The next micro-batch to encode; None when the engine is stopping and drained."""
+        config = self.config
+        with self._cv:
+            while True:
+                free = config.max_active - self._active - self._pending
+                if self._waiting and free > 0:
+                    break
                 if self._stopping and not self._waiting:
                     return None
-                # Hold the batch open for company, measured from the first arrival.
-                deadline = self._waiting[0].arrived + self.config.max_wait_ms / 1000
-                while len(self._waiting) < self.config.max_batch_size and not self._stopping:
+                self._cv.wait()
+            if self._active == 0 and self._pending == 0:
+                # Nothing is decoding: hold the batch open for company, from the first arrival.
+                deadline = self._waiting[0].arrived + config.max_wait_ms / 1000
+                while not self._stopping and not self._batch_is_full():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    self._wakeup.wait(remaining)
-            take = min(free, self.config.max_batch_size, len(self._waiting))
-            admitted = [self._waiting.popleft() for _ in range(take)]
+                    self._cv.wait(remaining)
+            batch: list[_Request] = []
+            cost = 0
+            limit = min(config.max_batch_size, config.max_active - self._active - self._pending)
+            while self._waiting and len(batch) < limit:
+                head = self._waiting[0]
+                if batch and config.max_batch_cost and cost + head.cost > config.max_batch_cost:
+                    break  # close the batch: this input would pad every shorter one in it
+                batch.append(self._waiting.popleft())
+                cost += head.cost
+            batch = [r for r in batch if not r.cancelled]
+            self._pending += len(batch)
         self._observe_queue()
-        return admitted
+        return batch
+
+    def _batch_is_full(self) -> bool:
+        config = self.config
+        if len(self._waiting) >= config.max_batch_size:
+            return True
+        return bool(config.max_batch_cost) and sum(r.cost for r in self._waiting) >= config.max_batch_cost
+
+    def _encode(self, requests: list[_Request]) -> None:
+        try:
+            batch = to_device(self.model.collate([r.inputs for r in requests]), self.device)
+            memory = self.model.encode(batch)
+            state = self.model.init_state(memory)
+        except Exception as exc:
+            log.exception("encoding a batch of %d for %s failed", len(requests), self.task)
+            with self._cv:
+                self._pending -= len(requests)
+                self._cv.notify_all()
+            _deliver_all([(r, RuntimeError(f"model failed to encode the input: {exc}")) for r in requests])
+            return
+        if self.metrics:
+            self.metrics.encode_batch.labels(self.task).observe(len(requests))
+        with self._cv:
+            self._ready.append(_Encoded(requests, memory, state))
+            self._encoded_total += len(requests)
+            self._cv.notify_all()
+
+    # ----- decoder thread -----------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        batch = DecodingBatch(self.model, self.device)
+        live: dict[int, Sequence] = {}  # id(request) -> its sequence
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._ready and not batch.live_sequences and not self._encoder_done:
+                        self._cv.wait()
+                    if not self._ready and not batch.live_sequences and self._encoder_done:
+                        break
+                    ready, self._ready = self._ready, []
+                    cancelled, self._cancelled = self._cancelled, []
+                    self._pending -= sum(len(e.requests) for e in ready)
+                for request in cancelled:
+                    sequence = live.pop(id(request), None)
+                    if sequence is not None and not sequence.done:
+                        batch.drop(sequence)
+                for encoded in ready:
+                    self._join(batch, encoded, live)
+                if batch.live_sequences:
+                    self._step(batch, live)
+                self._set_active(batch.live_sequences)
+        for request in self._drain():
+            _deliver_all([(request, EngineStopped(f"task {self.task!r} shut down before decoding this request"))])
+
+    def _set_active(self, count: int) -> None:
+        if count != self._active:
+            with self._cv:
+                self._active = count
+                self._cv.notify_all()
+        if self.metrics:
+            self.metrics.active_sequences.labels(self.task).set(count)
+
+    def _join(self, batch: DecodingBatch, encoded: _Encoded, live: dict[int, Sequence]) -> None:
+        keep = [i for i, r in enumerate(encoded.requests) if not r.cancelled]
+        if not keep:
+            return
+        memory, state = encoded.memory, encoded.state
+        if len(keep) < len(encoded.requests):
+            index = torch.tensor(keep, device=memory.values.device)
+            memory = memory.select(index)
+            state = {k: v.index_select(0, index) for k, v in state.items()}
+        requests = [encoded.requests[i] for i in keep]
+        lengths = memory.mask.sum(dim=1).tolist()
+        sequences = [
+            Sequence(r.params, int(n), tag=r, streams=r.on_token is not None) for r, n in zip(requests, lengths)
+        ]
+        batch.add(memory, state, sequences)
+        for request, sequence in zip(requests, sequences):
+            live[id(request)] = sequence
+
+    def _step(self, batch: DecodingBatch, live: dict[int, Sequence]) -> None:
+        if self.metrics:
+            self.metrics.decode_batch.labels(self.task).observe(int(batch.alive.sum()))
+        try:
+            events: StepEvents = batch.step()
+        except Exception as exc:
+            log.exception("decode step for %s failed", self.task)
+            failed = [s for s in batch.sequences if not s.done]
+            for sequence in failed:
+                batch.drop(sequence)
+                live.pop(id(sequence.tag), None)
+            _deliver_all([(s.tag, RuntimeError(f"model failed while decoding: {exc}")) for s in failed])
+            return
+        outcomes: list[tuple[_Request, Any]] = [(seq.tag, ("item", item)) for seq, item in events.items]
+        for sequence, result in events.finished:
+            live.pop(id(sequence.tag), None)
+            if sequence.width > 1 and sequence.tag.on_token is not None:  # beams stream at the end
+                outcomes += [(sequence.tag, ("item", item)) for item in result.tokens]
+            outcomes.append((sequence.tag, result))
+        if self.metrics and events.emitted:
+            self.metrics.tokens.labels(self.task).inc(events.emitted)
+        _deliver_all(outcomes)
 
     def _drain(self) -> list[_Request]:
-        with self._wakeup:
+        with self._cv:
             drained = list(self._waiting)
             self._waiting.clear()
         return drained
@@ -259,96 +348,28 @@ class TaskEngine:
         if self.metrics:
             self.metrics.queue_depth.labels(self.task).set(len(self._waiting))
 
-    def _encode(self, requests: list[_Request]) -> Memory:
-        batch = self.model.collate([r.inputs for r in requests])
-        batch = batch.to(self.device) if isinstance(batch, torch.Tensor) else batch
-        if self.metrics:
-            self.metrics.encode_batch.labels(self.task).observe(len(requests))
-        return self.model.encode(batch)
 
-    def _join(self, active: _ActiveBatch, requests: list[_Request]) -> None:
+def _deliver_all(outcomes: list[tuple[_Request, Any]]) -> None:
+    """Hand one step's outcomes to their event loops: one callback per loop, not per row."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Any]]] = collections.defaultdict(list)
+    for request, outcome in outcomes:
+        by_loop[request.loop].append((request, outcome))
+    for loop, items in by_loop.items():
         try:
-            memory = self._encode(requests)
-            state = self.model.init_state(memory)
-        except Exception as exc:
-            log.exception("encoding a batch of %d for %s failed", len(requests), self.task)
-            for r in requests:
-                r.resolve(RuntimeError(f"model failed to encode the input: {exc}"))
-            return
-        lengths = memory.mask.sum(dim=1).tolist()
-        rows = [_Row(r, int(n)) for r, n in zip(requests, lengths)]
-        device = memory.values.device
-        prev = torch.full((len(requests),), self.model.bos_id, dtype=torch.long, device=device)
-        temperature = torch.tensor([r.params.temperature for r in requests], device=device)
-        top_k = torch.tensor([r.params.top_k for r in requests], dtype=torch.long, device=device)
-        top_p = torch.tensor([r.params.top_p for r in requests], device=device)
-        if not active.rows:
-            active.rows, active.memory, active.state = rows, memory, state
-            active.prev, active.temperature, active.top_k, active.top_p = prev, temperature, top_k, top_p
-            return
-        active.rows += rows
-        active.memory = Memory.concat([active.memory, memory])
-        active.state = concat_states([active.state, state])
-        active.prev = torch.cat([active.prev, prev])
-        active.temperature = torch.cat([active.temperature, temperature])
-        active.top_k = torch.cat([active.top_k, top_k])
-        active.top_p = torch.cat([active.top_p, top_p])
+            loop.call_soon_threadsafe(_settle_all, items)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+            pass
 
-    def _step(self, active: _ActiveBatch) -> None:
-        active.keep([i for i, row in enumerate(active.rows) if not row.request.cancelled])
-        if not active.rows:
-            return
-        if self.metrics:
-            self.metrics.decode_batch.labels(self.task).observe(len(active.rows))
-        try:
-            logits, state, attention = self.model.step(active.prev, active.state, active.memory)
-            tokens, log_probs = choose_next_tokens(logits, active.temperature, active.top_k, active.top_p)
-        except Exception as exc:
-            log.exception("decode step for %s failed", self.task)
-            for row in active.rows:
-                row.request.resolve(RuntimeError(f"model failed while decoding: {exc}"))
-            active.keep([])
-            return
-        active.state, active.prev = state, tokens
-        keep: list[int] = []
-        emitted = 0
-        for i, (row, token, log_prob) in enumerate(zip(active.rows, tokens.tolist(), log_probs.tolist())):
-            row.score += log_prob
-            if token == self.model.eos_id:
-                self._finish(row, finished=True)
-                continue
-            row.tokens.append(token)
-            emitted += 1
-            if row.request.params.keep_attention:
-                row.attention.append(attention[i, : row.positions].cpu())
-            row.request.emit(token)
-            if len(row.tokens) >= row.request.params.max_length:
-                self._finish(row, finished=False)
-                continue
-            keep.append(i)
-        if self.metrics and emitted:
-            self.metrics.tokens.labels(self.task).inc(emitted)
-        active.keep(keep)
 
-    def _finish(self, row: _Row, finished: bool) -> None:
-        attention = torch.stack(row.attention) if row.attention else None
-        row.request.resolve(DecodeResult(row.tokens, row.score, attention, finished))
-
-    def _decode_beams(self, requests: list[_Request]) -> None:
-        # Requests with different beam sizes or limits are decoded in groups sharing both.
-        groups: dict[tuple, list[_Request]] = collections.defaultdict(list)
-        for r in requests:
-            groups[(r.params.beam_size, r.params.max_length, r.params.length_penalty)].append(r)
-        for (beam_size, max_length, alpha), group in groups.items():
-            try:
-                memory = self._encode(group)
-                results = beam_search(self.model, memory, beam_size, max_length, alpha)
-            except Exception as exc:
-                log.exception("beam search for %s failed", self.task)
-                for r in group:
-                    r.resolve(RuntimeError(f"model failed during beam search: {exc}"))
-                continue
-            for r, result in zip(group, results):
-                for token in result.tokens:
-                    r.emit(token)
-                r.resolve(result)
+def _settle_all(items: list[tuple[_Request, Any]]) -> None:
+    for request, outcome in items:
+        if isinstance(outcome, tuple):  # ("item", one streamed output)
+            if request.on_token is not None and not request.future.done():
+                request.on_token(outcome[1])
+            continue
+        if request.future.done():  # the caller gave up (cancelled or timed out)
+            continue
+        if isinstance(outcome, BaseException):
+            request.future.set_exception(outcome)
+        else:
+            request.future.set_result(outcome)

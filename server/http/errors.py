@@ -55,6 +55,9 @@ def status_for(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
         return 422, describe_validation_error(exc), None
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code, str(exc.detail), getattr(exc, "headers", None)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status < 600:  # e.g. UnsupportedDecoding (422)
+        return status, str(exc), None
     if isinstance(exc, RecursionError):
         return 400, "the request is nested too deeply to parse", None
     return 500, f"internal error: {type(exc).__name__}: {exc}", None

@@ -24,18 +24,29 @@ class GenerationParams(BaseModel):
     length_penalty: float = Field(0.0, ge=0.0, le=5.0, description="GNMT length penalty alpha (beam search)")
     attention: bool = Field(False, description="Include attention weights per output token")
     stream: bool = Field(False, description="Answer with server-sent events, one per token")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The task's own options (its `request_options`), validated"
+    )
 
 
-PARAM_NAMES = tuple(GenerationParams.model_fields)
+PARAM_NAMES = tuple(name for name in GenerationParams.model_fields if name != "options")
 
 
-def parse_params(raw: dict[str, Any], settings: Settings) -> GenerationParams:
-    """Validate raw (string or typed) values; 422 naming each bad parameter."""
-    unknown = sorted(set(raw) - set(PARAM_NAMES))
+def parse_params(
+    raw: dict[str, Any], settings: Settings, task_options: type[BaseModel] | None = None
+) -> GenerationParams:
+    """Validate raw (string or typed) values: the decoding parameters every task shares, plus
+    the task's own `request_options`; 422 naming each bad or unknown parameter."""
+    own = tuple(task_options.model_fields) if task_options is not None else ()
+    unknown = sorted(set(raw) - set(PARAM_NAMES) - set(own))
     if unknown:
-        raise ApiError(422, f"unknown parameter(s) {unknown}; accepted: {list(PARAM_NAMES)}")
+        raise ApiError(422, f"unknown parameter(s) {unknown}; accepted: {[*PARAM_NAMES, *own]}")
+    shared = {k: v for k, v in raw.items() if k in PARAM_NAMES}
     try:
-        params = GenerationParams.model_validate(raw)
+        params = GenerationParams.model_validate(shared)
+        if task_options is not None:
+            chosen = task_options.model_validate({k: v for k, v in raw.items() if k in own})
+            params.options = chosen.model_dump(exclude_unset=True)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ApiError(422, f"invalid parameter: {problems}") from None

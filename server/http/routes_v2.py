@@ -254,7 +254,7 @@ async def _infer(request: Request, inference: Inference, model_name: str, versio
             await request.body(), request.headers.get("content-encoding"), inference.max_body_bytes
         )
         parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-        params = _generation_params(parsed.params, inference.settings)
+        params = _generation_params(parsed.params, inference.settings, service.task)
         outputs = _choose_outputs(service.task, parsed)  # validated before any model work
         input_name, items = _input_items(service.task, parsed)
     except CodecError as exc:
@@ -273,9 +273,9 @@ def _check_batch_size(settings: Settings, task: str, size: int) -> None:
         raise ApiError(413, f"batch of {size} is over the {limit} inputs task {task!r} can queue; split the request")
 
 
-def _generation_params(raw: dict[str, Any], settings: Settings) -> GenerationParams:
+def _generation_params(raw: dict[str, Any], settings: Settings, task: Task) -> GenerationParams:
     ours = {k: v for k, v in raw.items() if k not in TRITON_PARAMS and not k.startswith(TRITON_PARAM_PREFIX)}
-    params = parse_params(ours, settings)
+    params = parse_params(ours, settings, task.request_options)
     if params.stream:
         raise ApiError(422, "parameter 'stream' is not available over v2; use POST /v1/<task>?stream=true")
     return params

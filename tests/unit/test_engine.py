@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import torch
@@ -78,21 +79,140 @@ def test_beam_requests_share_the_engine(engine):
     assert _text(beam.tokens) == "BEAM" and _text(greedy.tokens) == "GREEDY"
 
 
+async def _until(condition, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never came true"
+        await asyncio.sleep(0.001)
+
+
+class GatedEcho(EchoModel):
+    """EchoModel whose steps run only when the test lets them: behaviour by construction,
+    not by timing luck. `allow(n)` lets n more steps run; `wait_for_steps(n)` blocks until
+    n steps have run; `rows` records the batch size of every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cv = threading.Condition()
+        self._permits = 0
+        self.steps = 0
+        self.rows: list[int] = []
+
+    def allow(self, steps: int = 1_000_000) -> None:
+        with self._cv:
+            self._permits += steps
+            self._cv.notify_all()
+
+    def wait_for_steps(self, steps: int, timeout: float = 30.0) -> None:
+        with self._cv:
+            assert self._cv.wait_for(lambda: self.steps >= steps, timeout), f"only {self.steps} of {steps} steps ran"
+
+    def step(self, prev, state, memory):
+        with self._cv:
+            assert self._cv.wait_for(lambda: self._permits > 0, 30.0), "test never allowed this step"
+            self._permits -= 1
+        out = super().step(prev, state, memory)
+        with self._cv:
+            self.steps += 1
+            self.rows.append(memory.batch_size)
+            self._cv.notify_all()
+        return out
+
+
+def test_request_joins_a_running_batch_mid_sequence():
+    model = GatedEcho()
+    engine = TaskEngine("echo", model, EngineConfig(max_batch_size=4, max_wait_ms=0, max_active=8)).start()
+    try:
+        async def main():
+            first = asyncio.ensure_future(engine.generate(_encode_text("abcdefghij"), DecodeParams(max_length=64)))
+            model.allow(3)
+            await asyncio.to_thread(model.wait_for_steps, 3)
+            second = asyncio.ensure_future(engine.generate(_encode_text("xy"), DecodeParams(max_length=64)))
+            await _until(lambda: engine.encoded_requests == 2)  # encoded: joins at the next step
+            model.allow()
+            done, _ = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {second}, "the short request that joined later must finish first"
+            return await first, await second
+
+        first, second = _run(main())
+        assert (_text(first.tokens), _text(second.tokens)) == ("ABCDEFGHIJ", "XY")
+        assert model.rows[:3] == [1, 1, 1] and 2 in model.rows[3:], f"step batch sizes {model.rows}"
+    finally:
+        model.allow()
+        engine.stop()
+
+
+def test_greedy_request_is_not_stalled_by_a_long_beam_request():
+    model = GatedEcho()
+    engine = TaskEngine("echo", model, EngineConfig(max_batch_size=4, max_wait_ms=0, max_active=8)).start()
+    try:
+        async def main():
+            beam = asyncio.ensure_future(
+                engine.generate(_encode_text("b" * 300), DecodeParams(max_length=400, beam_size=3))
+            )
+            model.allow(2)
+            await asyncio.to_thread(model.wait_for_steps, 2)
+            greedy = asyncio.ensure_future(engine.generate(_encode_text("go"), DecodeParams(max_length=8)))
+            await _until(lambda: engine.encoded_requests == 2)
+            model.allow()
+            done, _ = await asyncio.wait({beam, greedy}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {greedy}, "a greedy request waited for a whole beam search"
+            return await beam, await greedy
+
+        beam, greedy = _run(main())
+        assert _text(beam.tokens) == "B" * 300 and _text(greedy.tokens) == "GO"
+        assert 3 + 1 in model.rows, f"the greedy row never shared a step with the 3 beam rows: {model.rows[:8]}"
+    finally:
+        model.allow()
+        engine.stop()
+
+
 def test_cancelled_request_frees_its_slot():
-    engine = TaskEngine("echo", EchoModel(), EngineConfig(max_batch_size=1, max_wait_ms=0, max_active=1, max_queue=10)).start()
+    model = GatedEcho()
+    engine = TaskEngine("echo", model, EngineConfig(max_batch_size=1, max_wait_ms=0, max_active=1, max_queue=10)).start()
     try:
         async def main():
             long = asyncio.ensure_future(engine.generate(_encode_text("x" * 4000), DecodeParams(max_length=4000)))
-            await asyncio.sleep(0.05)
-            assert engine.active_sequences == 1
+            model.allow(1)
+            await asyncio.to_thread(model.wait_for_steps, 1)
             long.cancel()
-            # With the only slot held by the cancelled sequence this would wait ~4000 steps.
-            short = await asyncio.wait_for(engine.generate(_encode_text("ok"), DecodeParams(max_length=8)), timeout=5)
-            return short
+            short = asyncio.ensure_future(engine.generate(_encode_text("ok"), DecodeParams(max_length=8)))
+            model.allow(20)  # far fewer than the 3999 steps the cancelled sequence still needed
+            return await asyncio.wait_for(short, timeout=30)
 
         assert _text(_run(main()).tokens) == "OK"
     finally:
+        model.allow()
         engine.stop()
+
+
+def test_a_long_input_does_not_pad_a_batch_of_short_ones():
+    """Cost-based batching: inputs cost their length; a batch closes before it would exceed
+    max_batch_cost, so the long input is encoded alone and the short ones together."""
+    metrics = ServerMetrics()
+    model = GatedEcho()
+    config = EngineConfig(max_batch_size=16, max_batch_cost=40, max_wait_ms=10_000, max_active=32)
+    engine = TaskEngine("echo", model, config, metrics, input_cost=len)
+    encoded: list[list[int]] = []
+    original = model.collate
+    model.collate = lambda items: (encoded.append([len(x) for x in items]), original(items))[1]
+
+    async def main():
+        texts = ["a" * 5] * 6 + ["l" * 200] + ["b" * 5] * 2
+        futures = [asyncio.ensure_future(engine.generate(_encode_text(t), DecodeParams(max_length=300))) for t in texts]
+        await asyncio.sleep(0)
+        engine.start()
+        model.allow()
+        return await asyncio.gather(*futures)
+
+    try:
+        results = _run(main())
+    finally:
+        model.allow()
+        engine.stop()
+    assert [len(r.tokens) for r in results] == [5] * 6 + [200] + [5] * 2
+    assert [5, 5, 5, 5, 5, 5] in encoded and [200] in encoded, f"encoder batches by input length: {encoded}"
+    assert not any(200 in batch and 5 in batch for batch in encoded), f"a long input padded short ones: {encoded}"
 
 
 def test_full_queue_is_rejected_with_overload():

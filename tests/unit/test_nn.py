@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from mmserve.plugins.nn import (
     sample_decode,
 )
 from mmserve.plugins.nn.attention import build_attention
-from mmserve.plugins.nn.search import choose_next_tokens
+from mmserve.plugins.nn.heads import CategoricalHead, choose_next_tokens
 
 ATTENTIONS = ["bahdanau", "luong_dot", "luong_general"]
 CELLS = ["rnn", "gru", "lstm"]
@@ -59,6 +61,7 @@ class TinyModel(EncoderDecoder):
             num_layers=layers, dropout=0.0, attention=attention, gate_context=attention == "bahdanau",
         )
         self.decoder = AttentionDecoder(config).eval()
+        self.head = CategoricalHead(bos_id=1, eos_id=2)
 
     def encode(self, batch: Memory) -> Memory:
         return self.decoder.prepare_memory(batch.values, batch.mask)
@@ -101,14 +104,43 @@ def test_beam_of_one_equals_greedy(cell):
         assert g.score == pytest.approx(b.score, abs=1e-4)
 
 
-def test_beam_search_finds_at_least_greedy_score():
-    model = TinyModel("gru", "luong_general", vocab=7)
-    memory = model.encode(_padded_memory([5, 5, 3], seed=3))
-    greedy = greedy_decode(model, memory, max_length=8)
-    beam = beam_search(model, memory, beam_size=5, max_length=8)
+class TableModel(EncoderDecoder):
+    """Next-token distributions from a table indexed by the previous token, so the best
+    sequence is known by hand: greedy takes A (0.6) and then ends (0.34), 0.6 * 0.34 = 0.204;
+    beam search finds B (0.4) then <eos> (0.99), 0.396."""
+
+    BOS, EOS, A, B = 1, 2, 3, 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        table = torch.full((5, 5), 1e-6)
+        table[self.BOS, [self.A, self.B]] = torch.tensor([0.6, 0.4])
+        table[self.A, [self.EOS, self.A, self.B]] = torch.tensor([0.34, 0.33, 0.33])
+        table[self.B, [self.EOS, self.A]] = torch.tensor([0.99, 0.01])
+        self.register_buffer("log_table", table.log())
+        self.head = CategoricalHead(self.BOS, self.EOS)
+
+    def encode(self, batch):
+        return batch
+
+    def init_state(self, memory):
+        return {"dummy": torch.zeros(memory.batch_size, 1)}
+
+    def step(self, prev, state, memory):
+        return self.log_table[prev], state, memory.mask.float() / memory.mask.sum(1, keepdim=True)
+
+
+def test_beam_search_beats_greedy_where_greedy_is_wrong():
+    model = TableModel()
+    memory = _padded_memory([3, 2])
+    greedy = greedy_decode(model, memory, max_length=6)
+    beam = beam_search(model, memory, beam_size=2, max_length=6)
+    assert [g.tokens for g in greedy] == [[TableModel.A]] * 2
+    assert [b.tokens for b in beam] == [[TableModel.B]] * 2
+    assert all(g.finished and b.finished for g, b in zip(greedy, beam))
     for g, b in zip(greedy, beam):
-        if g.finished and b.finished:
-            assert b.score >= g.score - 1e-4
+        assert g.score == pytest.approx(math.log(0.6 * 0.34), abs=1e-3)
+        assert b.score == pytest.approx(math.log(0.4 * 0.99), abs=1e-3)
 
 
 def test_batched_beam_equals_one_by_one():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
+from mmserve.plugins.nn.heads import CategoricalHead
 
 PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
 VOCAB = OFFSET + 256  # token = byte + OFFSET
@@ -23,6 +24,7 @@ class EchoModel(EncoderDecoder):
 
     def __init__(self) -> None:
         super().__init__()
+        self.head = CategoricalHead(BOS, EOS)
         self.register_buffer("upper", _upper_table(), persistent=False)
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
