@@ -19,6 +19,7 @@ from mmserve.plugins.nn.attention import build_attention
 from mmserve.plugins.nn.contract import Memory, State
 
 CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
+OUTPUT_KINDS = ("categorical", "bernoulli", "gaussian")
 
 
 @dataclass
@@ -33,7 +34,9 @@ class DecoderConfig:
     dropout: float = 0.3
     attention: str = "bahdanau"  # bahdanau | luong_dot | luong_general
     input_feeding: bool = True  # Luong only: feed the attentional vector to the next step
-    output_kind: str = "categorical"  # categorical (token ids) | bernoulli (multi-hot frames)
+    # categorical (token ids) | bernoulli (multi-hot frames) | gaussian (real vectors of
+    # vocab_size dims in, mean and log-variance [2 * vocab_size] out)
+    output_kind: str = "categorical"
     gate_context: bool = False  # Show-Attend-Tell's beta gate on the context vector
 
     def to_dict(self) -> dict:
@@ -44,7 +47,9 @@ class AttentionDecoder(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         assert config.cell in CELLS, f"cell must be one of {sorted(CELLS)}, got {config.cell!r}"
-        assert config.output_kind in ("categorical", "bernoulli"), f"bad output_kind {config.output_kind!r}"
+        assert config.output_kind in OUTPUT_KINDS, (
+            f"output_kind must be one of {OUTPUT_KINDS}, got {config.output_kind!r}"
+        )
         self.config = c = config
         self.luong = c.attention.startswith("luong")
         if c.output_kind == "categorical":
@@ -61,7 +66,8 @@ class AttentionDecoder(nn.Module):
         self.mix = nn.Linear(c.hidden_dim + c.memory_dim, c.hidden_dim) if self.luong else None
         out_in = c.hidden_dim if self.luong else c.hidden_dim + c.memory_dim + c.embed_dim
         self.dropout = nn.Dropout(c.dropout)
-        self.out = nn.Linear(out_in, c.vocab_size)
+        out_size = 2 * c.vocab_size if c.output_kind == "gaussian" else c.vocab_size
+        self.out = nn.Linear(out_in, out_size)
 
     def prepare_memory(self, values: torch.Tensor, mask: torch.Tensor) -> Memory:
         """Wrap encoder output [B, N, D] as Memory with the attention keys precomputed."""
@@ -100,7 +106,8 @@ class AttentionDecoder(nn.Module):
         return out
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """prev [B] ids or [B, V] frames -> logits [B, V], new state, attention [B, N]."""
+        """prev [B] ids or [B, V] frames / vectors -> output [B, V] (logits) or [B, 2V] (mean and
+        log-variance, gaussian), new state, attention [B, N]."""
         emb = self.dropout(self.embed(prev))  # [B, E]
         if self.luong:
             x = torch.cat([emb, state["feed"]], dim=1) if self.config.input_feeding else emb
