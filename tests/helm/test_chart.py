@@ -31,6 +31,16 @@ def test_chart_lints_clean_in_strict_mode(helm, value_set):
     assert not problems, problems
 
 
+def test_chart_packages_without_its_ci_values(helm, tmp_path):
+    import tarfile
+
+    archive = helm.package(str(CHART), destination=str(tmp_path))
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "mmserve/values.schema.json" in names and "mmserve/templates/NOTES.txt" in names
+    assert not [n for n in names if n.startswith("mmserve/ci/")]
+
+
 # ----- schemas ------------------------------------------------------------------------------
 
 
