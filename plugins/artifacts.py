@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+METRICS_FILE = "metrics.json"  # the evaluation that belongs to these weights, logged on registration
 
 
 def save_model_artifacts(directory: Path, config: dict[str, Any], model: torch.nn.Module, half: bool = False) -> Path:
@@ -44,3 +45,18 @@ def load_weights(directory: Path, model: torch.nn.Module) -> torch.nn.Module:
         raise ValueError(f"weights in {directory} do not match the model: missing {missing}, unexpected {unexpected}")
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
     return model
+
+
+def write_metrics(directory: Path, metrics: dict[str, float]) -> Path:
+    """Store a model's evaluation beside its weights, so every registered version carries it."""
+    path = directory / METRICS_FILE
+    path.write_text(json.dumps({k: float(v) for k, v in sorted(metrics.items())}, indent=2) + "\n")
+    return path
+
+
+def read_metrics(directory: Path) -> dict[str, float]:
+    """The metrics stored with an artifact directory ({} when it has none)."""
+    path = directory / METRICS_FILE
+    if not path.is_file():
+        return {}
+    return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}

@@ -21,7 +21,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mmserve.plugins.artifacts import CONFIG_FILE
+from mmserve.plugins.artifacts import CONFIG_FILE, read_metrics
 from mmserve.registry.tracking import EXPERIMENT, MlflowRunLogger, default_tracking_uri, limit_http_retries
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,20 @@ class ModelRegistry:
         description: str = "",
         metrics: dict[str, float] | None = None,
     ) -> str:
-        """Log `artifact_dir` to a run and register it as a new version of model `task`."""
+        """Log `artifact_dir` to a run and register it as a new version of model `task`.
+
+        The version carries its evaluation: `metrics`, else the artifact's metrics.json, is
+        logged to the run and set as `metric.<name>` tags on the version, so MLflow shows
+        e.g. BLEU beside the version an alias points at.
+        """
         if not (artifact_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{artifact_dir} is not a model artifact directory (no {CONFIG_FILE})")
+        metrics = metrics if metrics is not None else read_metrics(artifact_dir)
         if run_id is None:
             with self.start_run(task, run_name=f"register-{task}") as logger:
                 if metrics:
                     logger.log_metrics(metrics)
-                return self.register(task, artifact_dir, logger.run_id, alias, description)
+                return self.register(task, artifact_dir, logger.run_id, alias, description, metrics)
         self.client.log_artifacts(run_id, str(artifact_dir), MODEL_ARTIFACT_PATH)
         try:
             self.client.get_registered_model(task)
@@ -104,6 +110,9 @@ class ModelRegistry:
             self.client.create_registered_model(task, description=f"mmserve task {task}")
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
         version = self.client.create_model_version(task, source, run_id=run_id, description=description).version
+        for name, value in (metrics or {}).items():
+            self.client.log_metric(run_id, name, float(value))
+            self.client.set_model_version_tag(task, str(version), f"metric.{name}", f"{float(value):.6g}")
         if alias:
             self.set_alias(task, alias, str(version))
         log.info("registered %s version %s%s", task, version, f" as @{alias}" if alias else "")

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--alias", default=None)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--no-log", action="store_true", help="do not create an MLflow run")
+    evaluate.add_argument(
+        "--write-metrics", action="store_true", help="store the results as metrics.json in --model-dir"
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     alias = sub.add_parser("alias", help="point a model alias at a registered version")
@@ -178,6 +181,7 @@ def _parse_extra(pairs: list[str]) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from mmserve.plugins.artifacts import write_metrics
     from mmserve.plugins.task import TrainOptions
     from mmserve.plugins.tracking import NullRunLogger
 
@@ -190,7 +194,11 @@ def _train(args: argparse.Namespace) -> int:
             setattr(options, attr, value)
     if args.no_register:
         result = task.train(options, NullRunLogger())
-        print(json.dumps({"artifact_dir": str(result.artifact_dir), "metrics": result.metrics}, indent=2))
+        metrics = dict(result.metrics)
+        if not args.no_eval:
+            metrics.update(_test_metrics(task, result.artifact_dir, NullRunLogger(), args.device, metrics))
+        write_metrics(result.artifact_dir, metrics)
+        print(json.dumps({"artifact_dir": str(result.artifact_dir), "metrics": metrics}, indent=2))
         return 0
     from mmserve.registry.models import ModelRegistry
 
@@ -199,13 +207,25 @@ def _train(args: argparse.Namespace) -> int:
         result = task.train(options, logger)
         metrics = dict(result.metrics)
         if not args.no_eval:
-            metrics.update({f"test_{k}": v for k, v in task.evaluate(result.artifact_dir, logger, args.device).items()})
-        version = registry.register(task.name, result.artifact_dir, run_id=logger.run_id, alias=args.alias, description="mmserve train")
+            metrics.update(_test_metrics(task, result.artifact_dir, logger, args.device, metrics))
+        write_metrics(result.artifact_dir, metrics)
+        version = registry.register(
+            task.name, result.artifact_dir, run_id=logger.run_id, alias=args.alias, description="mmserve train",
+            metrics=metrics,
+        )
     print(json.dumps({"task": task.name, "version": version, "alias": args.alias, "artifact_dir": str(result.artifact_dir), "metrics": metrics}, indent=2))
     return 0
 
 
+def _test_metrics(task, artifact_dir: Path, logger, device: str, known: dict[str, float]) -> dict[str, float]:
+    """The test-split evaluation as test_* metrics, unless training already measured it."""
+    if any(k.startswith("test_") for k in known):
+        return {}
+    return {k if k.startswith("test_") else f"test_{k}": v for k, v in task.evaluate(artifact_dir, logger, device).items()}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    from mmserve.plugins.artifacts import read_metrics, write_metrics
     from mmserve.plugins.tracking import NullRunLogger
     from mmserve.registry.models import ModelRegistry
 
@@ -223,6 +243,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         with registry.start_run(task.name, run_name=f"eval-{task.name}") as logger:
             logger.log_params({"model_dir": str(model_dir)})
             metrics = task.evaluate(model_dir, logger, args.device)
+    if args.write_metrics:
+        if args.model_dir is None:
+            raise SystemExit("--write-metrics needs --model-dir (the artifact directory to write metrics.json into)")
+        stored = read_metrics(model_dir)
+        stored.update({k if k.startswith("test_") else f"test_{k}": v for k, v in metrics.items()})
+        print(f"wrote {write_metrics(model_dir, stored)}", file=sys.stderr)
     print(json.dumps(metrics, indent=2))
     return 0
 

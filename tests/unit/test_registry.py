@@ -61,3 +61,14 @@ def test_missing_model_is_a_clear_error(registry):
 def test_register_rejects_a_directory_without_config(registry, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         registry.register("bad", tmp_path)
+
+
+def test_a_registered_version_carries_the_metrics_shipped_with_its_weights(registry, tmp_path):
+    bundled = _artifact(tmp_path, "with-metrics")
+    (bundled / "metrics.json").write_text(json.dumps({"test_bleu_4": 0.5, "test_accuracy": 0.75}))
+    version = registry.ensure_bundled("scored", bundled, "production")
+    model_version = registry.client.get_model_version("scored", version)
+    run = registry.client.get_run(model_version.run_id)
+    assert run.data.metrics == {"test_bleu_4": 0.5, "test_accuracy": 0.75}
+    assert model_version.tags["metric.test_bleu_4"] == "0.5"
+    assert model_version.tags["metric.test_accuracy"] == "0.75"
