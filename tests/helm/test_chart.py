@@ -390,6 +390,9 @@ def test_network_policies_select_this_releases_pods(rendered):
     assert serve_rule["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
     ]
+    metrics_rule = next(r for r in ray["ingress"] if {"port": 8080, "protocol": "TCP"} in r.get("ports", []))
+    assert {"port": 8000, "protocol": "TCP"} in metrics_rule["ports"]
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
     # Every Ray pod carries the label the policy selects.
     for template in ray_pod_templates(rendered["ingress"].one("RayService")).values():
         assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "ray"
