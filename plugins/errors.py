@@ -19,3 +19,10 @@ class PayloadTooLarge(InputError):
     """The upload, or its decoded size, is over a configured limit. HTTP 413."""
 
     status_code = 413
+
+
+class UnprocessableInput(InputError):
+    """The input parses but its content is outside what the task accepts (e.g. pitches out
+    of range). HTTP 422."""
+
+    status_code = 422
