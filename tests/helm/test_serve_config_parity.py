@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ECHO_MODULE
-from tests.helm.conftest import NAMESPACE, RELEASE, load_values, render
+from tests.helm.conftest import NAMESPACE, RELEASE, VALUE_SETS, load_values, render
 
 BUNDLED_MLFLOW = f"http://{RELEASE}-mmserve-mlflow.{NAMESPACE}.svc:5000"
 
@@ -141,3 +141,15 @@ def test_runtime_env_pip_for_a_third_party_plugin(helm):
     assert app["runtime_env"] == {"pip": ["mmserve-echo==0.1.0"], "env_vars": {"MLFLOW_TRACKING_URI": BUNDLED_MLFLOW}}
     assert [d["name"] for d in app["deployments"]] == ["ingress", "task-captioning", "task-echo"]
     validate_serve_config(config)
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_every_value_sets_serve_config_parses_with_rays_schema(rendered, value_set):
+    from ray.serve.schema import ServeDeploySchema
+
+    from mmserve.server.rayserve.serve_config import validate_serve_config
+
+    document = yaml.safe_load(rendered[value_set].one("RayService")["spec"]["serveConfigV2"])
+    schema = ServeDeploySchema.model_validate(document)
+    assert schema.model_dump(mode="json", exclude_unset=True) == document  # nothing dropped or coerced away
+    validate_serve_config(document)  # and mmserve's stricter walk: unknown keys, its settings
