@@ -172,11 +172,13 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
             keys = ("train_loss", "val_exact_sequence_accuracy", "val_per_action_accuracy", "val_localisation_iou50")
             line = ", ".join(f"{k} {row[k]:.4g}" for k in keys)
             tqdm.write(f"epoch {epoch}: {line}, {time.monotonic() - started:.0f}s", file=sys.stderr)
+        # Written every epoch, so a run cut short still leaves its latest model behind.
+        wall = time.monotonic() - started
+        training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
+        save_recognizer(model, options.output_dir, {**training, "steps": step, "epochs_done": epoch,
+                                                    "wall_seconds": round(wall, 1)}, s["fp16"])  # fmt: skip
         if step >= total_steps:
             break
-    wall = time.monotonic() - started
-    training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
-    save_recognizer(model, options.output_dir, {**training, "steps": step, "wall_seconds": round(wall, 1)}, s["fp16"])
     metrics = {k: float(v) for k, v in history[-1].items() if k != "epoch"}
     metrics["train_wall_seconds"] = wall
     return TrainResult(artifact_dir=options.output_dir, metrics=metrics, params=params)
