@@ -7,6 +7,8 @@ PORT ?= 8000
 MMSERVE_DATA_DIR ?= $(HOME)/.mmserve
 export MMSERVE_DATA_DIR
 
+include helm/tools.mk
+
 .PHONY: serve test install lint mlflow-ui train-captioning eval-captioning bench clean
 
 # Re-install only when the project's metadata changes.
@@ -21,7 +23,7 @@ install: $(BIN)/.installed
 serve: install
 	$(BIN)/mmserve serve --host $(HOST) --port $(PORT)
 
-test: install lint
+test: install lint helm-tools
 	$(BIN)/python -m pytest -q -ra
 
 lint: install

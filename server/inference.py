@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from mmserve.plugins.nn.search import DecodeResult
+from mmserve.plugins.nn.decoding import DecodeResult
+from mmserve.plugins.task import Task
 from mmserve.server.engine import TokenCallback
 from mmserve.server.http.errors import ApiError
 from mmserve.server.http.params import GenerationParams, to_decode_params
@@ -83,11 +84,7 @@ class Inference:
         loop = asyncio.get_running_loop()
         limits = self.settings.task_input_limits(service.name)
         task, model = service.task, service.model
-        if task.request_options is None:
-            work = functools.partial(task.preprocess, data, content_type, model, limits)
-        else:
-            options = task.request_options.model_validate(params.options)
-            work = functools.partial(task.preprocess, data, content_type, model, limits, options=options)
+        work = functools.partial(task.preprocess, data, content_type, model, limits, **task_options(task, params))
         return await loop.run_in_executor(self.executor, work)
 
     async def decode(
@@ -110,11 +107,7 @@ class Inference:
 
     def postprocess(self, service: TaskService, result: DecodeResult, params: GenerationParams) -> dict[str, Any]:
         task = service.task
-        if task.request_options is None:
-            output = task.postprocess(result, service.model, params.attention)
-        else:
-            options = task.request_options.model_validate(params.options)
-            output = task.postprocess(result, service.model, params.attention, options=options)
+        output = task.postprocess(result, service.model, params.attention, **task_options(task, params))
         output["model"] = {"name": service.name, "version": service.version}
         return output
 
@@ -173,6 +166,14 @@ class Inference:
         finally:
             # A client that disconnects mid-stream closes this generator: free its decode slot.
             generation.cancel()
+
+
+def task_options(task: Task, params: GenerationParams) -> dict[str, Any]:
+    """`{"options": <the task's request_options>}` for a task that declares them, else {}:
+    tasks without options keep the plain preprocess / postprocess signatures."""
+    if task.request_options is None:
+        return {}
+    return {"options": task.request_options.model_validate(params.options)}
 
 
 async def await_or_abandon(

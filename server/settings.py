@@ -73,6 +73,14 @@ class TaskSettings(BaseModel):
         256, ge=-1, le=1_000_000, description="Requests waiting for a replica per caller; then 503. -1: no limit"
     )
 
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _no_zero_queue(cls, value: int) -> int:
+        # Ray Serve refuses 0 (it would shed every request); -1 is its "no limit".
+        if value == 0:
+            raise ValueError("max_queued_requests must be -1 (no limit) or at least 1, not 0")
+        return value
+
     @field_validator("num_gpus")
     @classmethod
     def _whole_gpus_above_one(cls, value: float) -> float:

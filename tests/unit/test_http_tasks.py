@@ -19,7 +19,7 @@ def client(tmp_path_factory):
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("http-data"),
         plugins=["none"],
-        plugin_modules=[ECHO_MODULE, "tests.fixtures.unloadable_model_plugin"],
+        plugin_modules=[ECHO_MODULE, "tests.fixtures.unloadable_model_plugin", "tests.fixtures.options_plugin"],
         max_upload_bytes=2048,
         max_output_length=64,
     )
@@ -183,3 +183,17 @@ def test_request_over_the_deadline_is_504_and_frees_its_slot(tmp_path):
         while engine.active_sequences and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine.active_sequences == 0
+
+
+def test_task_options_reach_preprocess_and_postprocess(client):
+    answer = client.post("/v1/repeat?repeat=3&suffix=!", content=b"ab", headers=TEXT)
+    assert answer.status_code == 200 and answer.json()["text"] == "ABABAB!"
+    as_json = client.post("/v1/repeat", json={"data": "eHk=", "content_type": "text/plain", "repeat": 2})
+    assert as_json.json()["text"] == "XYXY"
+
+
+def test_bad_or_foreign_task_options_are_422_naming_them(client):
+    too_many = client.post("/v1/repeat?repeat=9", content=b"ab", headers=TEXT)
+    assert too_many.status_code == 422 and "repeat" in too_many.json()["error"]
+    other_task = client.post("/v1/echo?repeat=2", content=b"ab", headers=TEXT)
+    assert other_task.status_code == 422 and "unknown parameter" in other_task.json()["error"]
