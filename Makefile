@@ -9,7 +9,7 @@ export MMSERVE_DATA_DIR
 
 include helm/tools.mk
 
-.PHONY: serve test install lint mlflow-ui train-captioning eval-captioning bench clean
+.PHONY: serve test install audio-deps train-music eval-music lint mlflow-ui train-captioning eval-captioning bench clean
 
 # Re-install only when the project's metadata changes.
 $(BIN)/.installed: pyproject.toml
@@ -18,7 +18,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed audio-deps
+
+# FluidSynth + a General MIDI soundfont render the music task's WAV answers (Debian packages).
+# Installed when missing and possible; otherwise a warning (only format=wav needs them).
+audio-deps:
+	@if command -v fluidsynth >/dev/null 2>&1 && dpkg -s fluid-soundfont-gm >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends fluidsynth fluid-soundfont-gm >/dev/null) \
+		|| echo "warning: could not install fluidsynth fluid-soundfont-gm; music format=wav will answer 503"; \
+	else echo "warning: fluidsynth / fluid-soundfont-gm missing (not root or no apt-get); music format=wav will answer 503"; fi
 
 serve: install
 	$(BIN)/mmserve serve --host $(HOST) --port $(PORT)
@@ -38,6 +47,14 @@ train-captioning: install
 
 eval-captioning: install
 	$(BIN)/mmserve eval captioning --model-dir plugins/captioning/weights
+
+# The music task's bundled weights (serial note head) and its Bernoulli baseline row.
+train-music: install
+	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights --epochs 300 --batch-size 32 --lr 3e-3 --set time_budget_minutes=55
+	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights/bernoulli --epochs 300 --batch-size 32 --lr 3e-3 --set head=bernoulli --set time_budget_minutes=35
+
+eval-music: install
+	$(BIN)/mmserve eval music --model-dir plugins/music/weights --no-log
 
 # Serving benchmark: mmserve vs LitServe, Ray Serve, plain FastAPI and the bare model.
 # Writes bench/results/latest.{md,png,json}; BENCH_QUICK=1 for the reduced (<5 min) run.
