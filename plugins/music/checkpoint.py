@@ -41,4 +41,6 @@ def load_music_model(artifact_dir: Path, device: torch.device | str = "cpu") -> 
         raise ValueError(f"{artifact_dir} is not a music artifact of format {FORMAT_VERSION}: task {task!r}, format {version!r}")
     model = MusicModel(MusicConfig.from_dict(config))
     load_weights(artifact_dir, model)
+    # What the weights were trained for decides the served modes and the input resolution.
+    model.trained_for = config.get("training", {}).get("data", "quarter")
     return model.to(torch.device(device)).eval()

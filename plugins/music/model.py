@@ -37,8 +37,11 @@ from mmserve.plugins.music.tokens import (
 )
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
+from mmserve.plugins.nn.heads import BernoulliHead, CategoricalHead
 
 HEADS = ("serial", "bernoulli")
+SERIAL_STATE = ("features", "frame", "last", "steps_left")  # the serial head's own state entries
+NO_LIMIT = 1 << 30  # steps_left of a row generated without a step budget
 
 
 @dataclass
@@ -95,16 +98,19 @@ class MusicBatch:
     source_lengths: torch.Tensor
     target: torch.Tensor
     target_lengths: torch.Tensor
+    budget: torch.Tensor | None = None  # [B] steps to generate before <eos> (0 = no limit); serving only
 
     def to(self, device: torch.device | str) -> MusicBatch:
-        return MusicBatch(*(t.to(device) for t in (self.source, self.source_lengths, self.target, self.target_lengths)))
+        budget = self.budget.to(device) if self.budget is not None else None
+        return MusicBatch(*(t.to(device) for t in (self.source, self.source_lengths, self.target, self.target_lengths)), budget)
 
 
-def collate_pieces(items: list[tuple[torch.Tensor, torch.Tensor]]) -> MusicBatch:
+def collate_pieces(items: list[tuple[torch.Tensor, torch.Tensor]], budget: list[int] | None = None) -> MusicBatch:
     """items: (source roll [P, 88], target roll [T, 88]) pairs -> one padded MusicBatch."""
     assert items, "collate needs at least one item"
     sources, targets = zip(*items)
-    return MusicBatch(_pad(sources), _lengths(sources), _pad(targets), _lengths(targets))
+    steps = torch.tensor(budget, dtype=torch.long) if budget is not None else None
+    return MusicBatch(_pad(sources), _lengths(sources), _pad(targets), _lengths(targets), steps)
 
 
 def _lengths(rolls: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -182,6 +188,7 @@ class MusicModel(EncoderDecoder):
     bos_id = BOS_ID
     eos_id = EOS_ID
     pad_id = PAD_ID
+    trained_for = "quarter"  # quarter (continuation, 1 step per beat) | harmony (melody -> ATB, 4 steps per beat)
 
     def __init__(self, config: MusicConfig):
         super().__init__()
@@ -191,36 +198,53 @@ class MusicModel(EncoderDecoder):
         assert decoder.output_kind == "bernoulli", "the decoder's input is a multi-hot frame: output_kind=bernoulli"
         assert decoder.memory_dim == config.encoder.memory_dim, "decoder memory_dim must equal encoder memory_dim"
         self.config = MusicConfig(head=config.head, encoder=config.encoder, decoder=decoder, notes=config.notes)
-        self.output_kind = "categorical" if config.head == "serial" else "bernoulli"
+        # Serial: token ids, any categorical strategy (the mask lives in `step`). Bernoulli: frames.
+        self.head = CategoricalHead(BOS_ID, EOS_ID) if config.head == "serial" else BernoulliHead(NUM_PITCHES)
         self.encoder = FrameEncoder(config.encoder)
         self.decoder = AttentionDecoder(decoder)
         self.feature_dim = decoder.hidden_dim + NUM_PITCHES
         self.notes = NoteHead(self.feature_dim, config.notes) if config.head == "serial" else None
 
     # ---- the contract -------------------------------------------------------------------
-    def collate(self, items: list[torch.Tensor]) -> MusicBatch:  # type: ignore[override]
-        """items: source rolls [P, 88] (P may be 0) -> MusicBatch with empty targets."""
-        return collate_pieces([(item, torch.zeros(0, NUM_PITCHES)) for item in items])
+    def collate(self, items: list[Any]) -> MusicBatch:  # type: ignore[override]
+        """items: source rolls [P, 88] (P may be 0), or (roll, steps to generate) pairs ->
+        MusicBatch with empty targets."""
+        pairs = [item if isinstance(item, tuple) else (item, 0) for item in items]
+        rolls = [(roll, torch.zeros(0, NUM_PITCHES)) for roll, _ in pairs]
+        return collate_pieces(rolls, [int(steps) for _, steps in pairs])
 
     def encode(self, batch: MusicBatch) -> Memory:  # type: ignore[override]
-        values, mask = self.encoder(batch.source, batch.source_lengths)
-        return self.decoder.prepare_memory(values, mask)
+        """Memory values [B, N, D + 1]: the encoder's D features plus, in the last channel, the
+        number of steps to generate (0 = no limit). The contract's Memory has no per-row
+        scalar field, so the step budget rides along with the values; `step` strips it."""
+        values, mask = self.encoder(batch.source, batch.source_lengths)  # [B, N, D], [B, N]
+        memory = self.decoder.prepare_memory(values, mask)
+        budget = batch.budget if batch.budget is not None else torch.zeros(values.shape[0], dtype=torch.long)
+        channel = budget.to(values).view(-1, 1, 1).expand(-1, values.shape[1], 1)
+        return Memory(values=torch.cat([values, channel], dim=-1), mask=memory.mask, keys=memory.keys)
+
+    @staticmethod
+    def _decoder_memory(memory: Memory) -> Memory:
+        return Memory(values=memory.values[..., :-1], mask=memory.mask, keys=memory.keys)
 
     def init_state(self, memory: Memory) -> State:
-        state = self.decoder.init_state(memory)
+        state = self.decoder.init_state(self._decoder_memory(memory))
         if self.notes is not None:
             batch, device = memory.batch_size, memory.values.device
             state["features"] = memory.values.new_zeros(batch, self.feature_dim)
             state["frame"] = memory.values.new_zeros(batch, NUM_PITCHES)  # notes of the open step
             state["last"] = torch.full((batch,), -1, dtype=torch.long, device=device)
+            budget = memory.values[:, 0, -1].round().long()
+            state["steps_left"] = torch.where(budget > 0, budget, torch.full_like(budget, NO_LIMIT))
         return state
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Bernoulli: prev frame [B, 88] -> logits [B, 88]. Serial: prev token [B] -> masked logits [B, V]."""
+        memory = self._decoder_memory(memory)
         if self.notes is None:
             return self.decoder.step(prev, state, memory)
         assert prev.dim() == 1, f"the serial head takes token ids [B], got {tuple(prev.shape)}"
-        decoder_keys = [k for k in state if k not in ("features", "frame", "last")]
+        decoder_keys = [k for k in state if k not in SERIAL_STATE]
         frame, last, features = state["frame"], state["last"], state["features"]
         advance = (prev == BOS_ID) | (prev == STEP_ID)  # [B]: a new time step begins
         is_pitch = prev >= FIRST_PITCH_ID
@@ -236,14 +260,19 @@ class MusicModel(EncoderDecoder):
         added = F.one_hot(pitch, NUM_PITCHES).to(frame.dtype) * is_pitch.unsqueeze(1).to(frame.dtype)
         new_state["frame"] = torch.where(advance.unsqueeze(1), torch.zeros_like(frame), frame + added)
         new_state["last"] = torch.where(advance, torch.full_like(last, -1), torch.where(is_pitch, pitch, last))
+        new_state["steps_left"] = state["steps_left"] - (prev == STEP_ID).long()
         logits = self.notes(new_state["features"], new_state["frame"], new_state["last"])
-        return logits, new_state, attention
+        # A row that has written all its requested steps may only end: <eos> is then certain.
+        done = (new_state["steps_left"] <= 0).unsqueeze(1)
+        only_eos = torch.full_like(logits, float("-inf"))
+        only_eos[:, EOS_ID] = 0.0
+        return torch.where(done, only_eos, logits), new_state, attention
 
     # ---- teacher forcing ----------------------------------------------------------------
     def step_features(self, batch: MusicBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder over every target step: features [B, T, F] and per-pitch logits [B, T, 88].
         Step t reads step t-1's frame (zeros for t = 0)."""
-        memory = self.encode(batch)
+        memory = self._decoder_memory(self.encode(batch))
         target = batch.target  # [B, T, 88]
         inputs = torch.cat([torch.zeros_like(target[:, :1]), target[:, :-1]], dim=1)
         state = self.decoder.init_state(memory)
@@ -261,11 +290,11 @@ class MusicModel(EncoderDecoder):
         batch_size, steps = batch.target.shape[:2]
         real = torch.arange(steps, device=dec_logits.device).unsqueeze(0) < batch.target_lengths.unsqueeze(1)  # [B, T]
         if self.notes is None:
-            log_p = -F.binary_cross_entropy_with_logits(dec_logits, batch.target, reduction="none").sum(-1)
-            return log_p * real
+            flat = self.head.log_prob(dec_logits.reshape(-1, NUM_PITCHES), batch.target.reshape(-1, NUM_PITCHES))
+            return flat.view(batch_size, steps) * real
         step_index, targets, partial, last = serial_targets(batch.target, real)
         logits = self.notes(features.reshape(batch_size * steps, -1)[step_index], partial, last)  # [L, V]
-        token_log_p = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)  # [L]
+        token_log_p = self.head.log_prob(logits, targets)  # [L]: log-softmax of the masked logits
         log_p = torch.zeros(batch_size * steps, device=logits.device).index_add(0, step_index, token_log_p)
         return log_p.view(batch_size, steps)
 

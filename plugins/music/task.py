@@ -1,0 +1,122 @@
+"""The music task: continue a primer (or compose from nothing), harmonise a melody, score a
+piece; answers as JSON steps with times, MIDI, WAV or a piano-roll PNG (base64 in the JSON)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmserve.plugins.errors import UnprocessableInput
+from mmserve.plugins.music.checkpoint import load_music_model
+from mmserve.plugins.music.midi import piece_to_midi_bytes
+from mmserve.plugins.music.model import MusicModel
+from mmserve.plugins.music.preprocess import CONTENT_TYPES, MAX_GENERATED_STEPS, MusicOptions, parse_piece
+from mmserve.plugins.music.render import midi_to_wav, piano_roll_png
+from mmserve.plugins.music.tokens import EOS_ID, STEP_ID, piece_to_roll, token_to_pitch, tokens_to_piece
+from mmserve.plugins.nn.contract import EncoderDecoder
+from mmserve.plugins.nn.decoding import DecodeResult
+from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
+from mmserve.plugins.tracking import RunLogger
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+STEPS_PER_BEAT = {"quarter": 1, "harmony": 4}
+
+
+class MusicTask(Task):
+    name = "music"
+    description = (
+        "Bach-chorale music: continue a primer (MIDI or JSON pitch lists; empty = compose), "
+        "options mode, length (time steps), tempo, format (json | midi | wav | png)."
+    )
+    content_types = CONTENT_TYPES
+    v2_inputs = (TensorSpec("PRIMER", "BYTES", (1,)),)
+    v2_outputs = (TensorSpec("MIDI", "BYTES", (1,)), TensorSpec("NOTES", "BYTES", (1,)))
+    # Tokens, not steps: a chorale step is ~4 notes + <step>. The model ends each row itself
+    # after `length` steps; the server's max_output_length still caps the tokens.
+    default_max_length = 6 * MAX_GENERATED_STEPS
+    request_options = MusicOptions
+
+    def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
+        model = load_music_model(artifact_dir, device)
+        assert model.config.head == "serial", "the served music model must have the serial note head"
+        return model
+
+    def bundled_artifacts(self) -> Path | None:
+        return WEIGHTS_DIR
+
+    def preprocess(
+        self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits,
+        options: MusicOptions | None = None,
+    ) -> Any:  # fmt: skip
+        assert isinstance(model, MusicModel), f"music needs a MusicModel, got {type(model).__name__}"
+        options = options or MusicOptions()
+        if options.mode == "score":
+            raise UnprocessableInput("mode=score is not served by this endpoint yet; use `mmserve eval music`")
+        if options.mode == "harmonize" and model.trained_for != "harmony":
+            raise UnprocessableInput("mode=harmonize needs a harmonisation model; the served model continues music")
+        if options.mode == "continue" and model.trained_for != "quarter":
+            raise UnprocessableInput("mode=continue needs a continuation model; the served model harmonises")
+        piece = parse_piece(data, content_type, STEPS_PER_BEAT[model.trained_for])
+        if options.mode == "harmonize":
+            if not piece:
+                raise UnprocessableInput("mode=harmonize needs a melody")
+            return piece_to_roll(piece), len(piece)
+        return piece_to_roll(piece), options.length  # an empty primer is the null memory
+
+    def input_cost(self, inputs: Any) -> int:
+        return max(int(inputs[0].shape[0]), 1)
+
+    def postprocess(
+        self, result: DecodeResult, model: EncoderDecoder, include_attention: bool, options: MusicOptions | None = None
+    ) -> dict[str, Any]:
+        assert isinstance(model, MusicModel), f"music needs a MusicModel, got {type(model).__name__}"
+        options = options or MusicOptions()
+        piece = tokens_to_piece(t for t in result.tokens if t != EOS_ID)
+        beats_per_step = 1.0 / STEPS_PER_BEAT[model.trained_for]
+        seconds = 60.0 / options.tempo * beats_per_step
+        output: dict[str, Any] = {
+            "mode": options.mode,
+            "tempo": options.tempo,
+            "seconds_per_step": seconds,
+            "num_steps": len(piece),
+            "finished": bool(result.finished),
+            "log_prob": float(result.score),
+            "steps": [{"time": round(t * seconds, 4), "duration": round(seconds, 4), "notes": notes}
+                      for t, notes in enumerate(piece)],  # fmt: skip
+        }
+        if options.format != "json":
+            midi = piece_to_midi_bytes(piece, options.tempo, STEPS_PER_BEAT[model.trained_for])
+            payload, media = {
+                "midi": (lambda: midi, "audio/midi"),
+                "wav": (lambda: midi_to_wav(midi), "audio/wav"),
+                "png": (lambda: piano_roll_png(piece, f"{len(piece)} steps"), "image/png"),
+            }[options.format]
+            output["content_type"] = media
+            output["data"] = base64.b64encode(payload()).decode("ascii")
+        return output
+
+    def token_text(self, item: Any, model: EncoderDecoder) -> Any:
+        # Streaming: one event per token; a pitch as its MIDI number, the end of a step as "|".
+        if item == STEP_ID:
+            return "|"
+        return token_to_pitch(int(item)) if isinstance(item, int) and item >= 4 else str(item)
+
+    def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        piece = [step["notes"] for step in output["steps"]]
+        midi = piece_to_midi_bytes(piece, output["tempo"], max(int(round(60.0 / output["tempo"] / output["seconds_per_step"])), 1))
+        return {"MIDI": midi, "NOTES": json.dumps(piece)}
+
+    def train(self, options: TrainOptions, logger: RunLogger) -> TrainResult:
+        from mmserve.plugins.music.train import train_music
+
+        return train_music(options, logger)
+
+    def evaluate(self, artifact_dir: Path, logger: RunLogger, device: str = "cpu") -> dict[str, float]:
+        from mmserve.plugins.music.evaluate import evaluate_artifact
+
+        return evaluate_artifact(Path(artifact_dir), logger, device)
