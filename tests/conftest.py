@@ -1,4 +1,4 @@
-"""Shared fixtures: settings on a temporary data directory, the echo plugin on sys.path."""
+"""Shared fixtures: settings on a temporary data directory, the example plugins on sys.path."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ECHO_SRC = ROOT / "examples" / "mmserve-echo" / "src"
 ECHO_MODULE = "mmserve_echo.plugin"
+FORECAST_SRC = ROOT / "examples" / "mmserve-forecast" / "src"
 
-if str(ECHO_SRC) not in sys.path:
-    sys.path.insert(0, str(ECHO_SRC))
+for src in (ECHO_SRC, FORECAST_SRC):
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
 
 
 @pytest.fixture(scope="session")
