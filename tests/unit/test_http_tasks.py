@@ -197,3 +197,12 @@ def test_bad_or_foreign_task_options_are_422_naming_them(client):
     assert too_many.status_code == 422 and "repeat" in too_many.json()["error"]
     other_task = client.post("/v1/echo?repeat=2", content=b"ab", headers=TEXT)
     assert other_task.status_code == 422 and "unknown parameter" in other_task.json()["error"]
+
+
+def test_small_multipart_uploads_are_parsed_without_temp_files(client, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where any temp file would land
+    answer = client.post("/v1/echo", files={"file": ("a.txt", b"in memory", "text/plain")})
+    assert answer.json()["text"] == "IN MEMORY"
+    assert list(tmp_path.iterdir()) == [], "a small upload went through a temporary file"
