@@ -2,7 +2,7 @@
 
 Closed loop: `c` workers each send a request, wait for the whole answer, and send the next,
 until the level's bounded request count is spent. Request i carries input i mod N of the
-fixed input set, as a pre-built multipart body (`file`, image/png), so the client spends as
+fixed input set, as a pre-built multipart body (`file`: image/png, or text/plain for long-decode), so the client spends as
 little CPU per request as it can (it shares the machine with the server).
 
 HTTP: async httpx by default, each worker owning a one-connection keep-alive client (one
@@ -31,29 +31,38 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from bench.common import CONTENT_TYPE, machine_busy_cpu_s, read_inputs, session_cpu_s, wait_for_quiet
+from bench.common import (
+    CONTENT_TYPE,
+    inputs_content_type,
+    machine_busy_cpu_s,
+    read_inputs,
+    session_cpu_s,
+    wait_for_quiet,
+)
 
 BOUNDARY = "mmserve-bench-7d3f2a"
 HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
-def multipart_body(png: bytes) -> bytes:
+def multipart_body(data: bytes, content_type: str = CONTENT_TYPE) -> bytes:
+    name = "input.txt" if content_type.startswith("text/") else "scene.png"
     head = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"scene.png\"\r\n"
-        f"Content-Type: {CONTENT_TYPE}\r\n\r\n"
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+        f"Content-Type: {content_type}\r\n\r\n"
     ).encode()
-    return head + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def parse_caption(body: bytes) -> str:
-    """The caption from a JSON answer; for a streamed answer (LitServe's continuous batching
-    loop), the last non-empty line holds it."""
+    """The answer string from a JSON answer: `caption` (captioning), else `text` (echo); for
+    a streamed answer (LitServe's continuous batching loop), the last non-empty line holds it.
+    A no-op server's answer is a caption too."""
     lines = [line for line in body.splitlines() if line.strip()]
     assert lines, "empty response body"
     payload = json.loads(lines[-1])
     if isinstance(payload, str):  # a streamed answer may be a JSON string holding the JSON object
         payload = json.loads(payload)
-    return payload["caption"]
+    return payload["caption"] if "caption" in payload else payload["text"]
 
 
 Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
@@ -198,8 +207,9 @@ async def run_level(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    bodies = [multipart_body(png) for png in read_inputs(args.inputs)]
-    assert bodies, f"no scene_*.png inputs in {args.inputs}"
+    kind = inputs_content_type(args.inputs)
+    bodies = [multipart_body(data, kind) for data in read_inputs(args.inputs)]
+    assert bodies, f"no scene_*.png or text_*.txt inputs in {args.inputs}"
     levels = [int(v) for v in args.levels.split(",")]
     counts = [int(v) for v in args.requests.split(",")]
     if len(counts) == 1:

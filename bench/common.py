@@ -1,8 +1,16 @@
 """What every benchmarked system shares: the model, the per-request work, the input set.
 
-Every peer does exactly the same work per request through these functions: decode the PNG
-with the captioning task's own `preprocess`, encode, greedy-decode to `MAX_LENGTH` tokens,
-and `postprocess` to the caption string. Only the serving around that work differs.
+Every peer does exactly the same work per request through these functions: decode the upload
+with the task's own `preprocess`, encode, greedy-decode, and `postprocess` to the answer
+string. Only the serving around that work differs.
+
+Two workloads:
+- `captioning`: the captioning plugin on 64 digit-scene PNGs; greedy to the task's
+  `default_max_length` (captions of 2-9 words, so decode lengths vary little).
+- `long-decode`: the echo example (`examples/mmserve-echo`: one output per input character,
+  then <eos>) on 64 texts whose lengths follow a truncated Pareto distribution between
+  LONG_MIN and LONG_MAX characters, so decode lengths span 10 to 400 steps with a heavy tail.
+  A static batch waits for its longest row; continuous batching refills finished rows.
 """
 
 from __future__ import annotations
@@ -19,19 +27,37 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO / "plugins" / "captioning" / "weights"
 CONTENT_TYPE = "image/png"
 ENDPOINT = "/v1/captioning"  # every peer serves this path: multipart `file` -> {"caption": ...}
+CAPTIONING, LONG_DECODE = "captioning", "long-decode"
+ECHO_SRC = REPO / "examples" / "mmserve-echo" / "src"
+ECHO_ENDPOINT = "/v1/echo"  # long-decode peers serve this path: multipart `file` (text) -> {"text": ...}
+LONG_MIN, LONG_MAX, LONG_ALPHA = 10, 400, 1.2  # output steps: Pareto(alpha) from LONG_MIN, cut at LONG_MAX
+LONG_MAX_LENGTH = LONG_MAX + 1  # every character, then <eos>
 
 
-def max_length() -> int:
-    """Greedy decoding limit for everyone: the captioning task's default (what mmserve uses)."""
+def max_length(workload: str = CAPTIONING) -> int:
+    """Greedy decoding limit for everyone: the captioning task's default (what mmserve uses);
+    long-decode: room for the longest text and its <eos> (mmserve gets it as `max_length`)."""
+    if workload == LONG_DECODE:
+        return LONG_MAX_LENGTH
     from mmserve.plugins.captioning.task import CaptioningTask
 
     return CaptioningTask.default_max_length
 
 
-def load(weights: str | Path) -> tuple[Any, Any]:
-    """(CaptioningTask, Captioner in eval mode on CPU) from an artifact directory."""
+def load(weights: str | Path, workload: str = CAPTIONING) -> tuple[Any, Any]:
+    """(task, model in eval mode on CPU): the captioning task with the artifact in `weights`,
+    or for long-decode the echo example's task (no weights)."""
     import torch
 
+    if workload == LONG_DECODE:
+        import sys
+
+        sys.path.insert(0, str(ECHO_SRC))  # the example is a third-party package, not installed here
+        from mmserve_echo.task import EchoTask
+
+        task = EchoTask()
+        return task, task.load_model(task.bundled_artifacts(), torch.device("cpu"))
+    assert workload == CAPTIONING, f"unknown workload {workload!r}"
     from mmserve.plugins.captioning.task import CaptioningTask
 
     task = CaptioningTask()
@@ -39,25 +65,36 @@ def load(weights: str | Path) -> tuple[Any, Any]:
     return task, model
 
 
-def preprocess(task: Any, model: Any, data: bytes) -> Any:
-    """PNG bytes -> input tensor [3, H, W], with the server's default input limits."""
+def answer_key(workload: str) -> str:
+    """The JSON field of the answer string: the caption, or the echoed text."""
+    return "text" if workload == LONG_DECODE else "caption"
+
+
+def content_type(workload: str) -> str:
+    return "text/plain" if workload == LONG_DECODE else CONTENT_TYPE
+
+
+def preprocess(task: Any, model: Any, data: bytes, workload: str = CAPTIONING) -> Any:
+    """Upload bytes -> the task's input tensor, with the server's default input limits."""
     from mmserve.plugins.task import InputLimits
 
-    return task.preprocess(data, CONTENT_TYPE, model, InputLimits())
+    return task.preprocess(data, content_type(workload), model, InputLimits())
 
 
-def caption_batch(task: Any, model: Any, inputs: list[Any], length: int) -> list[str]:
-    """Static batch: encode the inputs together, greedy-decode them (rows leave the step batch
-    as they finish), and postprocess each to its caption. This is `plugins.nn.search.greedy_decode`,
-    the shared search code, without server batching."""
+def caption_batch(task: Any, model: Any, inputs: list[Any], length: int, workload: str = CAPTIONING) -> list[str]:
+    """Static batch: encode the inputs together, greedy-decode them (finished rows are skipped
+    once enough of them are dead, but the batch lasts as long as its longest row), and
+    postprocess each to its answer string. This is `plugins.nn.search.greedy_decode`, the
+    shared search code, without server batching; no attention kept (the server's default)."""
     import torch
 
     from mmserve.plugins.nn.search import greedy_decode
 
     with torch.inference_mode():
         memory = model.encode(model.collate(inputs))
-        results = greedy_decode(model, memory, length)
-    return [task.postprocess(r, model, False)["caption"] for r in results]
+        results = greedy_decode(model, memory, length, keep_attention=False)
+    key = answer_key(workload)
+    return [task.postprocess(r, model, False)[key] for r in results]
 
 
 def free_port() -> int:
@@ -83,8 +120,41 @@ def write_inputs(directory: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def long_decode_lengths(count: int, seed: int = 0) -> list[int]:
+    """`count` output lengths from a Pareto(LONG_ALPHA) tail starting at LONG_MIN, cut at
+    LONG_MAX: the distribution's quantiles at (i + 0.5) / count, shuffled, so the set always
+    has the same heavy tail (median ~18, a few rows at the 400 cap)."""
+    import random
+
+    lengths = [min(LONG_MAX, round(LONG_MIN * (1 - (i + 0.5) / count) ** (-1 / LONG_ALPHA))) for i in range(count)]
+    random.Random(seed).shuffle(lengths)
+    return lengths
+
+
+def write_texts(directory: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` lower-case texts (letters and spaces) with long_decode_lengths() characters."""
+    import random
+
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, n in enumerate(long_decode_lengths(count, seed)):
+        text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz    ") for _ in range(n)).strip()
+        text = (text + "x" * n)[:n]  # exactly n characters, no leading or trailing space lost
+        path = directory / f"text_{i:04d}.txt"
+        path.write_bytes(text.encode())
+        paths.append(path)
+    return paths
+
+
 def read_inputs(directory: str | Path) -> list[bytes]:
-    return [p.read_bytes() for p in sorted(Path(directory).glob("scene_*.png"))]
+    """The input set's bytes in order: scene_*.png (captioning) or text_*.txt (long-decode)."""
+    paths = sorted(Path(directory).glob("scene_*.png")) or sorted(Path(directory).glob("text_*.txt"))
+    return [p.read_bytes() for p in paths]
+
+
+def inputs_content_type(directory: str | Path) -> str:
+    return content_type(LONG_DECODE if any(Path(directory).glob("text_*.txt")) else CAPTIONING)
 
 
 def session_pids(sid: int) -> list[int]:

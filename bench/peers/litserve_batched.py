@@ -11,47 +11,58 @@ import argparse
 import litserve as ls
 from fastapi import Request
 
-from bench.common import ENDPOINT, caption_batch, load, max_length, preprocess
+from bench.common import (
+    CAPTIONING,
+    ECHO_ENDPOINT,
+    ENDPOINT,
+    LONG_DECODE,
+    answer_key,
+    caption_batch,
+    load,
+    max_length,
+    preprocess,
+)
 
 
 class CaptionAPI(ls.LitAPI):
-    def __init__(self, weights: str, **kwargs):
-        super().__init__(api_path=ENDPOINT, **kwargs)
-        self.weights = weights
+    def __init__(self, weights: str, workload: str = CAPTIONING, **kwargs):
+        super().__init__(api_path=ECHO_ENDPOINT if workload == LONG_DECODE else ENDPOINT, **kwargs)
+        self.weights, self.workload = weights, workload
 
     def setup(self, device: str) -> None:
-        self.task, self.model = load(self.weights)
-        self.length = max_length()
+        self.task, self.model = load(self.weights, self.workload)
+        self.length = max_length(self.workload)
 
     def decode_request(self, request: Request):
         upload = request["file"]
         data = upload.file.read() if hasattr(upload, "file") else upload
-        return preprocess(self.task, self.model, data)
+        return preprocess(self.task, self.model, data, self.workload)
 
     def batch(self, inputs):
         return inputs  # a list of tensors; `caption_batch` stacks them
 
     def predict(self, inputs):
         if not isinstance(inputs, list):  # max_batch_size == 1 hands a single input
-            return caption_batch(self.task, self.model, [inputs], self.length)[0]
-        return caption_batch(self.task, self.model, inputs, self.length)
+            return caption_batch(self.task, self.model, [inputs], self.length, self.workload)[0]
+        return caption_batch(self.task, self.model, inputs, self.length, self.workload)
 
     def unbatch(self, output):
         return list(output)
 
     def encode_response(self, output) -> dict:
-        return {"caption": output}
+        return {answer_key(self.workload): output}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--weights", required=True)
+    parser.add_argument("--workload", choices=[CAPTIONING, LONG_DECODE], default=CAPTIONING)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--batch-timeout", type=float, default=0.01, help="seconds")
     parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ transport")
     args = parser.parse_args()
-    api = CaptionAPI(args.weights, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    api = CaptionAPI(args.weights, args.workload, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=300,
                           fast_queue=args.fast_queue)  # fmt: skip
     server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False, num_api_servers=1)

@@ -23,19 +23,21 @@ from fastapi import Request
 from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
 from litserve.utils import LitAPIStatus
 
-from bench.common import ENDPOINT, load, max_length, preprocess
+from bench.common import CAPTIONING, ECHO_ENDPOINT, ENDPOINT, LONG_DECODE, answer_key, load, max_length, preprocess
 from mmserve.plugins.nn.contract import Memory, concat_states, select_state
 from mmserve.plugins.nn.search import DecodeResult
 
 
 class CaptionCBAPI(ls.LitAPI):
-    def __init__(self, weights: str, max_active: int, emit_tokens: bool):
-        super().__init__(api_path=ENDPOINT, stream=True, max_batch_size=max_active, loop=ContinuousBatchingLoop())
-        self.weights, self.max_active, self.emit_tokens = weights, max_active, emit_tokens
+    def __init__(self, weights: str, max_active: int, emit_tokens: bool, workload: str = CAPTIONING):
+        path = ECHO_ENDPOINT if workload == LONG_DECODE else ENDPOINT
+        super().__init__(api_path=path, stream=True, max_batch_size=max_active, loop=ContinuousBatchingLoop())
+        self.weights, self.max_active, self.emit_tokens, self.workload = weights, max_active, emit_tokens, workload
 
     def setup(self, device: str) -> None:
-        self.task, self.model = load(self.weights)
-        self.length = max_length()
+        self.task, self.model = load(self.weights, self.workload)
+        self.length = max_length(self.workload)
+        self.key = answer_key(self.workload)
         self.lock = threading.Lock()  # add_request (event loop thread) vs step (worker thread)
         self.pending: list[tuple[str, torch.Tensor]] = []
         self.uids: list[str] = []
@@ -49,7 +51,7 @@ class CaptionCBAPI(ls.LitAPI):
     # ----- hooks the ContinuousBatchingLoop calls ------------------------------------------
 
     def add_request(self, uid: str, request) -> None:
-        inputs = preprocess(self.task, self.model, self.decode_request(request))
+        inputs = preprocess(self.task, self.model, self.decode_request(request), self.workload)
         with self.lock:
             self.pending.append((uid, inputs))
 
@@ -71,18 +73,18 @@ class CaptionCBAPI(ls.LitAPI):
         chosen = logits.argmax(dim=-1)
         outputs: list[Output] = []
         keep: list[int] = []
-        itos, eos = self.model.vocab.itos, self.model.eos_id
+        eos = self.model.eos_id
         for i, token in enumerate(chosen.tolist()):
             uid, tokens = self.uids[i], self.tokens[i]
             if token != eos:
                 tokens.append(token)
             if token == eos or len(tokens) >= self.length:
-                caption = self.task.postprocess(DecodeResult(tokens, 0.0), self.model, False)["caption"]
-                outputs.append(Output(uid, {"caption": caption}, LitAPIStatus.OK))
+                answer = self.task.postprocess(DecodeResult(tokens, 0.0), self.model, False)[self.key]
+                outputs.append(Output(uid, {self.key: answer}, LitAPIStatus.OK))
                 outputs.append(Output(uid, "", LitAPIStatus.FINISH_STREAMING))
                 continue
             if self.emit_tokens:
-                outputs.append(Output(uid, {"token": itos[token]}, LitAPIStatus.OK))
+                outputs.append(Output(uid, {"token": self.task.token_text(token, self.model)}, LitAPIStatus.OK))
             keep.append(i)
         self._keep(keep, chosen)
         return outputs
@@ -121,11 +123,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--weights", required=True)
+    parser.add_argument("--workload", choices=[CAPTIONING, LONG_DECODE], default=CAPTIONING)
     parser.add_argument("--max-active", type=int, default=64)
     parser.add_argument("--emit", choices=["tokens", "final"], default="tokens")
     parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ transport")
     args = parser.parse_args()
-    api = CaptionCBAPI(args.weights, args.max_active, args.emit == "tokens")
+    api = CaptionCBAPI(args.weights, args.max_active, args.emit == "tokens", args.workload)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=300,
                           fast_queue=args.fast_queue)  # fmt: skip
     server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False, num_api_servers=1)

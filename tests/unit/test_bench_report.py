@@ -14,7 +14,10 @@ import pytest
 from bench import report
 from bench.client import multipart_body, parse_caption
 
-SUMMARY = re.compile(r"^summary: ratio best-peer \d+\.\d{2} at c=32; ratio bare \d+\.\d{2}$")
+SUMMARY = re.compile(
+    r"^summary: ratio best-peer (\d+\.\d{2}|nan) at c=32; ratio bare (\d+\.\d{2}|nan); "
+    r"long-decode best-peer (\d+\.\d{2}|nan); ray/no-op-ray (\d+\.\d{2}|nan)$"
+)
 
 
 def _level(c: int, throughput: float, latency_ms: float, errors: int = 0, n: int = 100) -> dict:
@@ -39,6 +42,28 @@ def _results(**systems: list[dict]) -> dict:
             for k, v in systems.items()
         ],
     }
+
+
+def _long(name: str, role: str, levels: list[dict], kind: str = "server") -> dict:
+    return {"name": name, "kind": kind, "workload": report.LONG_DECODE, "role": role, "config": "c",
+            "levels": levels, "error": None}  # fmt: skip
+
+
+def _with_ray_and_long(results: dict) -> dict:
+    """Add the Ray, no-op and long-decode systems, with roles as bench/run.py writes them."""
+    results["systems"] += [
+        {"name": "mmserve-ray", "role": "ray", "levels": [_level(1, 50, 20), _level(16, 180, 90)], "error": None},
+        {"name": "mmserve-ray-2", "role": "ray", "levels": [_level(16, 200, 80)], "error": None},
+        {"name": "no-op-ray", "role": "floor", "levels": [_level(1, 300, 3), _level(16, 200, 80)], "error": None},
+        {"name": "no-op-ray-2hop", "role": "floor", "levels": [_level(1, 200, 5)], "error": None},
+        {"name": "no-op-fastapi", "role": "floor", "levels": [_level(1, 900, 1), _level(16, 5000, 3)], "error": None},
+        _long("long: bare static", "peer", [_level(32, 120, 250)], kind="bare"),
+        _long("long: bare continuous", "limit", [_level(32, 400, 80)], kind="bare"),
+        _long("long: mmserve", "mmserve", [_level(32, 300, 100)]),
+        _long("long: litserve-batched", "peer", [_level(32, 100, 300)]),
+        _long("long: litserve-cb", "peer", [_level(32, 150, 200)]),
+    ]
+    return results
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 99, 99.9, 100])
@@ -78,8 +103,61 @@ def test_summary_picks_best_peer_at_32_and_divides():
     assert summary["ratio_bare"] == pytest.approx(450 / 500)
     assert summary["p99_no_worse"] is True
     line = report.summary_line(summary)
-    assert line == "summary: ratio best-peer 2.25 at c=32; ratio bare 0.90"
+    assert line == "summary: ratio best-peer 2.25 at c=32; ratio bare 0.90; long-decode best-peer nan; ray/no-op-ray nan"
     assert SUMMARY.match(line)
+
+
+def test_summary_long_decode_and_ray_ratios():
+    results = _with_ray_and_long(
+        _results(bare=[_level(32, 500, 60)], mmserve=[_level(1, 100, 8), _level(16, 300, 50), _level(32, 450, 70)],
+                 litserve_batched=[_level(32, 150, 200)])  # fmt: skip
+    )
+    summary = report.summarize(results)
+    # Ray, no-op and long-decode systems are not captioning peers: X is still against litserve
+    assert summary["best_peer"] == "litserve-batched"
+    assert summary["ratio_best_peer"] == pytest.approx(450 / 150)
+    # Z: mmserve / the best long-decode peer; bare static counts as a peer, the limit does not
+    assert summary["long_best_peer"] == "long: litserve-cb"
+    assert summary["ratio_long_best_peer"] == pytest.approx(300 / 150)
+    assert summary["long_best_served_peer"] == "long: litserve-cb"
+    assert summary["ratio_long_limit"] == pytest.approx(300 / 400)
+    # W at c=16: mmserve on Ray / the no-op Ray app
+    assert summary["ratio_ray_noop"] == pytest.approx(180 / 200)
+    assert summary["ratio_ray_embedded"] == pytest.approx(180 / 300)
+    line = report.summary_line(summary)
+    assert line == "summary: ratio best-peer 3.00 at c=32; ratio bare 0.90; long-decode best-peer 2.00; ray/no-op-ray 0.90"
+    assert SUMMARY.match(line)
+
+
+def test_bare_static_is_the_long_decode_best_peer_when_fastest():
+    results = _with_ray_and_long(_results(bare=[_level(32, 500, 60)], mmserve=[_level(32, 450, 70)]))
+    for s in results["systems"]:
+        if s["name"] == "long: bare static":
+            s["levels"] = [_level(32, 600, 50)]
+    summary = report.summarize(results)
+    assert summary["long_best_peer"] == "long: bare static"
+    assert summary["ratio_long_best_peer"] == pytest.approx(300 / 600)
+    assert summary["long_best_served_peer"] == "long: litserve-cb"  # the best peer that serves HTTP
+
+
+def test_hop_latencies_are_differences_of_c1_medians():
+    results = _with_ray_and_long(_results(mmserve=[_level(1, 100, 8)]))
+    hops = {label: (p50, added) for label, p50, added in report.hop_latencies(results)}
+    p50 = {n: report.stats_by_system(results)[n][1]["p50_ms"] for n in ("no-op-fastapi", "no-op-ray", "mmserve-ray")}
+    assert hops["HTTP floor (client + uvicorn, no model)"] == (p50["no-op-fastapi"], p50["no-op-fastapi"])
+    assert hops["Ray proxy instead of uvicorn"][1] == pytest.approx(p50["no-op-ray"] - p50["no-op-fastapi"])
+    assert hops["mmserve on Ray instead of embedded"][1] > 0  # 20 ms vs 8 ms medians
+    # a hop whose baseline did not run at c=1 is left out, not a crash
+    results["systems"] = [s for s in results["systems"] if s["name"] != "no-op-fastapi"]
+    labels = [label for label, _, _ in report.hop_latencies(results)]
+    assert "Ray proxy instead of uvicorn" not in labels and "mmserve on Ray instead of embedded" in labels
+
+
+def test_replica_scaling_lists_ray_systems_by_level():
+    results = _with_ray_and_long(_results(mmserve=[_level(16, 300, 50)]))
+    rows = report.replica_scaling(results)
+    assert [(n, c) for n, c, _ in rows] == [("mmserve-ray", 1), ("mmserve-ray", 16), ("mmserve-ray-2", 16)]
+    assert rows[2][2] == pytest.approx(200)
 
 
 def test_summary_ignores_a_peer_whose_level_had_errors():
@@ -97,7 +175,8 @@ def test_summary_ignores_a_peer_whose_level_had_errors():
 def test_summary_is_nan_not_a_crash_when_mmserve_failed():
     results = _results(bare=[_level(32, 500, 60)], mmserve=[], rayserve=[_level(32, 100, 300)])
     line = report.summary_line(report.summarize(results))
-    assert line == "summary: ratio best-peer nan at c=32; ratio bare nan"
+    assert line == "summary: ratio best-peer nan at c=32; ratio bare nan; long-decode best-peer nan; ray/no-op-ray nan"
+    assert SUMMARY.match(line)
 
 
 def test_markdown_has_every_system_and_level_and_ends_with_the_summary():
@@ -113,9 +192,23 @@ def test_markdown_has_every_system_and_level_and_ends_with_the_summary():
             assert re.search(rf"^\| {name} \| {c} \| ", text, re.M), (name, c)
     assert "failed: TimeoutError: late" in text
     assert "![throughput" in text
+    assert "## Long-decode" not in text  # no long-decode systems ran
     assert [line for line in text.splitlines() if line.startswith("summary:")][-1] == report.summary_line(
         report.summarize(results)
     )
+
+
+def test_markdown_has_long_decode_hops_and_replicas_sections():
+    results = _with_ray_and_long(
+        _results(bare=[_level(c, 100 * c, 10) for c in (1, 16, 32)], mmserve=[_level(c, 90 * c, 12) for c in (1, 16, 32)])
+    )
+    text = report.markdown(results)
+    captioning, long = text.split("## Long-decode")
+    assert re.search(r"^\| mmserve-ray \| 16 \| ", captioning, re.M)
+    assert re.search(r"^\| long: mmserve \| 32 \| ", long, re.M) and "| long: mmserve |" not in captioning
+    assert "Latency each hop adds at c=1" in text and "| Ray proxy instead of uvicorn |" in text
+    assert "| mmserve-ray-2 | 16 | 200.0 |" in text
+    assert text.rstrip().splitlines()[-2] == report.summary_line(report.summarize(results))
 
 
 def test_caption_agreement_against_the_bare_model():
@@ -139,3 +232,27 @@ def test_client_body_and_caption_parsing():
     assert parse_caption(b'{"caption": "a red one", "score": -1.0}') == "a red one"
     streamed = b'{"token": "a"}\n{"token": "red"}\n{"caption": "a red one"}\n'
     assert parse_caption(streamed) == "a red one"
+    assert parse_caption(b'{"text": "ECHO", "score": 0.0, "finished": true}') == "ECHO"  # long-decode
+    text_body = multipart_body(b"echo", "text/plain")
+    assert b"Content-Type: text/plain" in text_body and b'filename="input.txt"' in text_body
+
+
+def test_long_decode_lengths_are_heavy_tailed_and_bounded():
+    from bench.common import LONG_MAX, LONG_MIN, long_decode_lengths
+
+    lengths = long_decode_lengths(64)
+    assert len(lengths) == 64 and min(lengths) == LONG_MIN and max(lengths) == LONG_MAX
+    ordered = sorted(lengths)
+    median, mean = ordered[32], sum(lengths) / 64
+    assert median < 25 and mean > 1.5 * median  # a long tail: the mean sits well above the median
+    assert long_decode_lengths(64) == lengths  # the same set for every system
+
+
+def test_long_decode_texts_have_the_drawn_lengths(tmp_path):
+    from bench.common import inputs_content_type, long_decode_lengths, read_inputs, write_texts
+
+    write_texts(tmp_path, 16)
+    texts = read_inputs(tmp_path)
+    assert [len(t) for t in texts] == long_decode_lengths(16)
+    assert all(t.decode().strip() == t.decode() for t in texts)
+    assert inputs_content_type(tmp_path) == "text/plain"
