@@ -1,6 +1,6 @@
-"""Additive (Bahdanau) and multiplicative (Luong dot / general) attention.
+"""Additive (Bahdanau), location-aware (Chorowski) and multiplicative (Luong dot / general) attention.
 
-Both take a query [B, Q], memory values [B, N, D] and a mask [B, N], and return a context
+All take a query [B, Q], memory values [B, N, D] and a mask [B, N], and return a context
 vector [B, D] and weights [B, N] that are zero on masked positions and sum to one.
 """
 
@@ -42,6 +42,49 @@ class AdditiveAttention(nn.Module):
         return context, weights
 
 
+class LocationAttention(AdditiveAttention):
+    """Chorowski et al. 2015: additive attention that also sees where it attended last step.
+
+    score = v^T tanh(W_k values + W_q query + U (F * prev)): the previous weights prev [B, N]
+    are convolved with `filters` kernels of width `kernel`, so the score knows the previous
+    alignment and moves forward along the input (speech, where content alone is ambiguous).
+    Callers keep prev in their decoder state; `None` (no previous step) means zeros.
+    """
+
+    def __init__(self, query_dim: int, value_dim: int, attn_dim: int, filters: int = 10, kernel: int = 31):
+        super().__init__(query_dim, value_dim, attn_dim)
+        assert kernel % 2 == 1, f"the location kernel width must be odd (centred), got {kernel}"
+        self.location_conv = nn.Conv1d(1, filters, kernel, padding=kernel // 2, bias=False)
+        self.location_proj = nn.Linear(filters, attn_dim, bias=False)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        prev: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = self.precompute_keys(values) if keys is None else keys  # [B, N, A]
+        prev = values.new_zeros(mask.shape) if prev is None else fit_positions(prev, mask.shape[1])  # [B, N]
+        location = self.location_proj(self.location_conv(prev.unsqueeze(1)).transpose(1, 2))  # [B, N, A]
+        energy = torch.tanh(keys + location + self.query_proj(query).unsqueeze(1))
+        weights = masked_softmax(self.energy(energy).squeeze(-1), mask)  # [B, N]
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # [B, D]
+        return context, weights
+
+
+def fit_positions(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad with zeros or crop dim 1 of a per-position tensor [B, N, ...] to `length`: memory
+    grows when a longer input joins the batch, and a state row kept from before must follow."""
+    n = tensor.shape[1]
+    if n == length:
+        return tensor
+    if n > length:
+        return tensor[:, :length]
+    return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], length - n, *tensor.shape[2:])], dim=1)
+
+
 class MultiplicativeAttention(nn.Module):
     """Luong et al. 2015: score = query^T values ('dot') or query^T W values ('general')."""
 
@@ -68,10 +111,16 @@ class MultiplicativeAttention(nn.Module):
         return context, weights
 
 
+ATTENTION_KINDS = ("bahdanau", "location", "luong_dot", "luong_general")
+
+
 def build_attention(kind: str, query_dim: int, value_dim: int, attn_dim: int) -> nn.Module:
-    """`bahdanau` (additive), `luong_dot` or `luong_general` (multiplicative)."""
+    """`bahdanau` (additive), `location` (additive + previous alignment), `luong_dot` or
+    `luong_general` (multiplicative)."""
     if kind == "bahdanau":
         return AdditiveAttention(query_dim, value_dim, attn_dim)
+    if kind == "location":
+        return LocationAttention(query_dim, value_dim, attn_dim)
     if kind in ("luong_dot", "luong_general"):
         return MultiplicativeAttention(query_dim, value_dim, kind.removeprefix("luong_"))
-    raise ValueError(f"unknown attention {kind!r}; expected bahdanau, luong_dot or luong_general")
+    raise ValueError(f"unknown attention {kind!r}; expected one of {ATTENTION_KINDS}")

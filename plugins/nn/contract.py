@@ -74,11 +74,25 @@ def select_state(state: State, index: torch.Tensor) -> State:
 
 
 def concat_states(states: list[State]) -> State:
-    """Concatenate the rows of several decoder states with the same keys."""
+    """Concatenate the rows of several decoder states with the same keys.
+
+    A state tensor whose dim 1 differs between the parts is per memory position (e.g. the
+    previous attention weights [B, N] of location-aware attention): it is zero-padded to the
+    longest, exactly as `Memory.concat` pads the memory it belongs to."""
     assert states, "concat_states needs at least one state"
     keys = states[0].keys()
     assert all(s.keys() == keys for s in states), "decoder states with different keys cannot be joined"
-    return {k: torch.cat([s[k] for s in states], dim=0) for k in keys}
+    out: State = {}
+    for k in keys:
+        parts = [s[k] for s in states]
+        if len({tuple(p.shape[1:]) for p in parts}) > 1:
+            assert all(p.dim() >= 2 and p.shape[2:] == parts[0].shape[2:] for p in parts), (
+                f"state {k!r} parts differ beyond dim 1: {[tuple(p.shape) for p in parts]}"
+            )
+            longest = max(p.shape[1] for p in parts)
+            parts = [_pad_positions(p, longest) for p in parts]
+        out[k] = torch.cat(parts, dim=0)
+    return out
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:

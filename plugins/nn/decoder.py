@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mmserve.plugins.nn.attention import build_attention
+from mmserve.plugins.nn.attention import build_attention, fit_positions
 from mmserve.plugins.nn.contract import Memory, State
 
 CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
@@ -32,7 +32,7 @@ class DecoderConfig:
     cell: str = "lstm"  # rnn | gru | lstm
     num_layers: int = 1
     dropout: float = 0.3
-    attention: str = "bahdanau"  # bahdanau | luong_dot | luong_general
+    attention: str = "bahdanau"  # bahdanau | location | luong_dot | luong_general
     input_feeding: bool = True  # Luong only: feed the attentional vector to the next step
     # categorical (token ids) | bernoulli (multi-hot frames) | gaussian (real vectors of
     # vocab_size dims in, mean and log-variance [2 * vocab_size] out)
@@ -52,6 +52,8 @@ class AttentionDecoder(nn.Module):
         )
         self.config = c = config
         self.luong = c.attention.startswith("luong")
+        # Location-aware attention keeps its previous weights in the state as "attn" [B, N].
+        self.location = c.attention == "location"
         if c.output_kind == "categorical":
             self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         else:
@@ -87,6 +89,8 @@ class AttentionDecoder(nn.Module):
             state["c"] = torch.tanh(self.init_c(mean)).view(batch, c.num_layers, c.hidden_dim)
         if self.luong and c.input_feeding:
             state["feed"] = mean.new_zeros(batch, c.hidden_dim)
+        if self.location:  # no previous step: a uniform alignment over the real positions
+            state["attn"] = weights.squeeze(-1) / weights.sum(1).clamp_min(1.0)
         return state
 
     def _run_cells(self, x: torch.Tensor, state: State) -> State:
@@ -120,12 +124,18 @@ class AttentionDecoder(nn.Module):
             logits = self.out(self.dropout(attentional))
         else:
             query = state["h"][:, -1]
-            context, weights = self.attention(query, memory.values, memory.mask, memory.keys)  # [B, D], [B, N]
+            if self.location:
+                prev_attn = fit_positions(state["attn"], memory.mask.shape[1])  # [B, N]
+                context, weights = self.attention(query, memory.values, memory.mask, memory.keys, prev_attn)
+            else:
+                context, weights = self.attention(query, memory.values, memory.mask, memory.keys)  # [B, D], [B, N]
             if self.gate is not None:
                 context = torch.sigmoid(self.gate(query)) * context
             new_state = self._run_cells(torch.cat([emb, context], dim=1), state)
             top = new_state["h"][:, -1]
             logits = self.out(self.dropout(torch.cat([top, context, emb], dim=1)))
+            if self.location:
+                new_state["attn"] = weights
         return logits, new_state, weights
 
     def forward_teacher(self, memory: Memory, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
