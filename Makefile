@@ -9,7 +9,7 @@ export MMSERVE_DATA_DIR
 
 include helm/tools.mk
 
-.PHONY: serve test install audio-deps train-music eval-music lint mlflow-ui train-captioning eval-captioning bench clean
+.PHONY: serve test install audio-deps speech-deps train-speech eval-speech train-music eval-music lint mlflow-ui train-captioning eval-captioning bench clean
 
 # Re-install only when the project's metadata changes.
 $(BIN)/.installed: pyproject.toml
@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(BIN)/.installed audio-deps
+install: $(BIN)/.installed audio-deps speech-deps
 
 # FluidSynth + a General MIDI soundfont render the music task's WAV answers (Debian packages).
 # Installed when missing and possible; otherwise a warning (only format=wav needs them).
@@ -28,6 +28,15 @@ audio-deps:
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends fluidsynth fluid-soundfont-gm >/dev/null) \
 		|| echo "warning: could not install fluidsynth fluid-soundfont-gm; music format=wav will answer 503"; \
 	else echo "warning: fluidsynth / fluid-soundfont-gm missing (not root or no apt-get); music format=wav will answer 503"; fi
+
+# espeak-ng synthesises the speech task's training / test data (and the speech e2e clips).
+# Installed when missing and possible; otherwise a warning (serving uses the bundled weights).
+speech-deps:
+	@if command -v espeak-ng >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null) \
+		|| echo "warning: could not install espeak-ng; speech training / evaluation cannot make data"; \
+	else echo "warning: espeak-ng missing (not root or no apt-get); speech training / evaluation cannot make data"; fi
 
 serve: install
 	$(BIN)/mmserve serve --host $(HOST) --port $(PORT)
@@ -55,6 +64,15 @@ train-music: install
 
 eval-music: install
 	$(BIN)/mmserve eval music --model-dir plugins/music/weights --no-log
+
+# The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
+# $(MMSERVE_DATA_DIR)/speech-data), then WER / CER beside pocketsphinx (the `eval` extra).
+train-speech: install
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights --epochs 12 --batch-size 32 --lr 2e-3 --set time_budget_minutes=50
+
+eval-speech: install
+	$(BIN)/python -m pip install --quiet -e '.[eval]'
+	$(BIN)/mmserve eval speech --model-dir plugins/speech/weights --no-log --write-metrics
 
 # Serving benchmark: mmserve vs LitServe, Ray Serve, plain FastAPI and the bare model.
 # Writes bench/results/latest.{md,png,json}; BENCH_QUICK=1 for the reduced (<5 min) run.

@@ -1,0 +1,137 @@
+"""Scoring speech models: WER and CER (jiwer) on the held-out-voice test split, greedy and
+beam search, beside pocketsphinx (CMU's HMM recogniser with its bundled English models) on the
+very same clips."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mmserve.plugins.nn.search import DecodeParams, decode
+from mmserve.plugins.speech.checkpoint import load_speech_model
+from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
+from mmserve.plugins.speech.features import LogMel
+from mmserve.plugins.speech.model import ListenAttendSpell, SpeechBatch
+from mmserve.plugins.speech.text import decode_chars, normalize_text
+from mmserve.plugins.tracking import RunLogger
+
+BEAM_SIZE = 8
+LENGTH_PENALTY = 0.6  # GNMT alpha: without it beam search favours short transcripts
+MAX_LENGTH = 200
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Corpus WER and CER (jiwer) of normalised transcripts."""
+    import jiwer
+
+    assert len(references) == len(hypotheses), f"{len(references)} references vs {len(hypotheses)} hypotheses"
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    assert all(refs), "every reference must have text"
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+@torch.no_grad()
+def transcribe(
+    model: ListenAttendSpell,
+    features: Sequence[torch.Tensor],
+    beam_size: int = 1,
+    max_length: int = MAX_LENGTH,
+    alpha: float = LENGTH_PENALTY,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "decoding",
+) -> list[str]:
+    """Transcripts of feature tensors [T, F], decoded in batches by the engine's search."""
+    model.eval()
+    device = next(model.parameters()).device
+    params = DecodeParams(max_length=max_length, beam_size=beam_size, length_penalty=alpha, keep_attention=False)
+    out: list[str] = []
+    for start in tqdm(range(0, len(features), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = model.collate(list(features[start : start + batch_size]))
+        memory = model.encode(SpeechBatch(batch.features.to(device), batch.lengths.to(device)))
+        out.extend(decode_chars(model.vocab, r.tokens) for r in decode(model, memory, params))
+    return out
+
+
+def pocketsphinx_transcribe(waves: Sequence[np.ndarray], progress: bool = False) -> list[str]:
+    """pocketsphinx's default US English acoustic model, dictionary and language model."""
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=16000, loglevel="FATAL")
+    out = []
+    for wave in tqdm(waves, desc="pocketsphinx", disable=not progress, leave=False):
+        decoder.start_utt()
+        decoder.process_raw((np.clip(wave, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        out.append(normalize_text(hyp.hypstr) if hyp is not None else "")
+    return out
+
+
+def _pocketsphinx_cached(clips: SpeechClips, cache_file: Path, limit: int, progress: bool) -> list[str]:
+    # The test clips are fixed, so pocketsphinx's (slow) answers are kept beside them.
+    if cache_file.is_file():
+        cached = json.loads(cache_file.read_text())
+        if len(cached) >= limit:
+            return cached[:limit]
+    hyps = pocketsphinx_transcribe([clips.wave(i) for i in range(limit)], progress)
+    cache_file.write_text(json.dumps(hyps))
+    return hyps
+
+
+def evaluate_artifact(
+    artifact_dir: Path,
+    logger: RunLogger,
+    device: str = "cpu",
+    pocketsphinx_clips: int = 40,
+    progress: bool = True,
+) -> dict[str, float]:
+    """WER / CER of the model (greedy and beam) on the test split, and of pocketsphinx on its
+    first `pocketsphinx_clips` clips (with ours on the same clips for a fair comparison)."""
+    model = load_speech_model(artifact_dir, device)
+    training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
+    sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
+    cache = build_cache(Path(training.get("data_dir") or default_cache_dir()), sizes, progress=progress)
+    clips = SpeechClips(split_dir(cache, "test", sizes["test"]))
+    featurizer = LogMel(model.config.features)
+    features = [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))]
+    texts = [clips.text(i) for i in range(len(clips))]
+    metrics: dict[str, float] = {"clips": float(len(clips))}
+    hyps: dict[str, list[str]] = {}
+    for name, beam in (("greedy", 1), ("beam", BEAM_SIZE)):
+        started = time.monotonic()
+        hyps[name] = transcribe(model, features, beam_size=beam, progress=progress, desc=name)
+        seconds = time.monotonic() - started
+        rates = error_rates(texts, hyps[name])
+        metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"]})
+        audio_s = sum(len(clips.wave(i)) for i in range(len(clips))) / 16000
+        metrics[f"{name}_rtf"] = seconds / audio_s
+    limit = min(pocketsphinx_clips, len(clips))
+    if limit > 0:
+        try:
+            sphinx = _pocketsphinx_cached(clips, split_dir(cache, "test", sizes["test"]) / "pocketsphinx.json", limit, progress)
+        except ImportError:
+            sphinx = None  # optional dependency: `pip install mmserve[eval]`
+        if sphinx is not None:
+            rates = error_rates(texts[:limit], sphinx)
+            metrics.update({"pocketsphinx_wer": rates["wer"], "pocketsphinx_cer": rates["cer"],
+                            "pocketsphinx_clips": float(limit)})  # fmt: skip
+            for name in ("greedy", "beam"):
+                same = error_rates(texts[:limit], hyps[name][:limit])
+                metrics.update({f"{name}_wer_on_pocketsphinx_clips": same["wer"],
+                                f"{name}_cer_on_pocketsphinx_clips": same["cer"]})  # fmt: skip
+            hyps["pocketsphinx"] = sphinx
+    samples = []
+    for i in range(min(20, len(texts))):
+        lines = [f"ref:    {texts[i]}   [{clips.clips[i]['voice']}]"] + [f"{k}: {v[i]}" for k, v in hyps.items() if i < len(v)]
+        samples.append("\n".join(lines))
+    logger.log_text("\n\n".join(samples), "test_samples.txt")
+    logger.log_metrics(metrics)
+    return metrics

@@ -1,0 +1,201 @@
+"""Listen, Attend and Spell (Chan et al. 2016) over characters.
+
+Listener: two stride-2 convolutions (4x shorter), a BiLSTM, a pyramidal step that joins
+neighbouring frames (8x in all) and a second BiLSTM. Speller: the shared attention LSTM
+decoder with location-aware attention (Chorowski et al. 2015). An optional CTC head on the
+4x layer (Kim et al. 2017) helps the listener learn alignments early; at 8x (80 ms a frame)
+fast speech has more characters than frames, so CTC sits below the pyramid.
+
+Configuration and modules only; artifacts live in checkpoint.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
+from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
+from mmserve.plugins.nn.heads import CategoricalHead
+from mmserve.plugins.nn.vocab import Vocabulary
+from mmserve.plugins.speech.features import FeatureConfig
+
+
+@dataclass
+class ListenerConfig:
+    conv_channels: int = 32
+    conv_dim: int = 256  # projection of the flattened conv output
+    hidden_dim: int = 128  # per direction; memory_dim = 2 * hidden_dim
+    dropout: float = 0.2
+    ctc: bool = True  # a CTC head on the 4x layer
+
+    @property
+    def memory_dim(self) -> int:
+        return 2 * self.hidden_dim
+
+
+@dataclass
+class SpeechConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    decoder: DecoderConfig | None = None  # filled in by ListenAttendSpell
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": self.features.to_dict(),
+            "listener": asdict(self.listener),
+            "decoder": self.decoder.to_dict() if self.decoder else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpeechConfig:
+        decoder = DecoderConfig(**data["decoder"]) if data.get("decoder") else None
+        return cls(FeatureConfig(**data["features"]), ListenerConfig(**data["listener"]), decoder)
+
+
+@dataclass
+class SpeechBatch:
+    """Collated utterances: features [B, T, F] zero-padded, lengths [B] in frames."""
+
+    features: torch.Tensor
+    lengths: torch.Tensor
+
+
+def conv_length(lengths: torch.Tensor) -> torch.Tensor:
+    """Frames after one kernel-3, stride-2, padding-1 convolution."""
+    return (lengths - 1) // 2 + 1
+
+
+def lengths_to_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, width]
+
+
+class Listener(nn.Module):
+    """features [B, T, F], lengths [B] -> values [B, T/8, 2H], lengths [B], and the 4x layer
+    [B, T/4, 2H] with its lengths (for CTC)."""
+
+    def __init__(self, config: ListenerConfig, n_mels: int):
+        super().__init__()
+        self.config = c = config
+        self.conv1 = nn.Conv2d(1, c.conv_channels, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(c.conv_channels, c.conv_channels, 3, stride=2, padding=1)
+        freq = conv_length(conv_length(torch.tensor(n_mels))).item()
+        self.project = nn.Linear(c.conv_channels * freq, c.conv_dim)
+        self.lstm1 = nn.LSTM(c.conv_dim, c.hidden_dim, batch_first=True, bidirectional=True)
+        self.lstm2 = nn.LSTM(4 * c.hidden_dim, c.hidden_dim, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(c.dropout)
+
+    @staticmethod
+    def _bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Packed, so padding never reaches the backward direction: batched == one by one.
+        packed = pack_padded_sequence(x, lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False)
+        out, _ = lstm(packed)
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        assert features.dim() == 3, f"expected features [B, T, F], got {tuple(features.shape)}"
+        x = features.unsqueeze(1)  # [B, 1, T, F]
+        len1 = conv_length(lengths)
+        x = F.relu(self.conv1(x))  # [B, C, T/2, F/2]
+        # Zero the padded tail so the next convolution sees what a lone utterance would (zeros).
+        x = x * lengths_to_mask(len1, x.shape[2])[:, None, :, None]
+        len2 = conv_length(len1)
+        x = F.relu(self.conv2(x))  # [B, C, T/4, F/4]
+        x = x.permute(0, 2, 1, 3).flatten(2)  # [B, T/4, C*F/4]
+        x = self.dropout(self.project(x))
+        x4 = self._bilstm(self.lstm1, x, len2)  # [B, T4, 2H]
+        # Pyramid: join frame pairs (an odd last frame is padded with zeros).
+        if x4.shape[1] % 2:
+            x4p = torch.cat([x4, x4.new_zeros(x4.shape[0], 1, x4.shape[2])], dim=1)
+        else:
+            x4p = x4
+        b, t, d = x4p.shape
+        pairs = self.dropout(x4p.reshape(b, t // 2, 2 * d))  # [B, T8, 4H]
+        len3 = (len2 + 1) // 2
+        x8 = self._bilstm(self.lstm2, pairs, len3)  # [B, T8, 2H]
+        return x8, len3, x4, len2
+
+
+class ListenAttendSpell(EncoderDecoder):
+    def __init__(self, config: SpeechConfig, vocab: Vocabulary):
+        super().__init__()
+        decoder = config.decoder or DecoderConfig(
+            vocab_size=len(vocab), memory_dim=config.listener.memory_dim, attention="location"
+        )
+        assert decoder.vocab_size == len(vocab), f"decoder vocab_size {decoder.vocab_size} != vocabulary {len(vocab)}"
+        assert decoder.memory_dim == config.listener.memory_dim, "decoder memory_dim must be 2 * listener hidden_dim"
+        assert decoder.output_kind == "categorical", "characters are token ids: output_kind must be categorical"
+        self.config = SpeechConfig(config.features, config.listener, decoder)
+        self.vocab = vocab
+        self.bos_id, self.eos_id, self.pad_id = vocab.bos_id, vocab.eos_id, vocab.pad_id
+        self.head = CategoricalHead(vocab.bos_id, vocab.eos_id)
+        self.listener = Listener(config.listener, config.features.n_mels)
+        self.decoder = AttentionDecoder(decoder)
+        # CTC blank = <pad> (id 0), never a transcript character.
+        self.ctc = nn.Linear(config.listener.memory_dim, len(vocab)) if config.listener.ctc else None
+
+    @property
+    def frames_per_position(self) -> int:
+        """Feature frames per memory position (the listener's time reduction)."""
+        return 8
+
+    def collate(self, items: list[torch.Tensor]) -> SpeechBatch:
+        """Feature tensors [T_i, F] -> SpeechBatch (zero-padded features, lengths)."""
+        lengths = torch.tensor([item.shape[0] for item in items], dtype=torch.long)
+        features = items[0].new_zeros(len(items), int(lengths.max()), items[0].shape[1])
+        for i, item in enumerate(items):
+            features[i, : item.shape[0]] = item
+        return SpeechBatch(features, lengths)
+
+    def listen(self, batch: SpeechBatch):
+        return self.listener(batch.features, batch.lengths.to(batch.features.device))
+
+    def encode(self, batch: SpeechBatch) -> Memory:
+        values, lengths, _, _ = self.listen(batch)
+        return self.decoder.prepare_memory(values, lengths_to_mask(lengths, values.shape[1]))
+
+    def init_state(self, memory: Memory) -> State:
+        return self.decoder.init_state(memory)
+
+    def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        return self.decoder.step(prev, state, memory)
+
+    def forward(self, batch: SpeechBatch, inputs: torch.Tensor):
+        """Teacher forcing: inputs [B, U] -> logits [B, U, V], attention [B, U, N], and the CTC
+        log-probabilities [T4, B, V] with their lengths (None without a CTC head)."""
+        values, lengths, x4, len4 = self.listen(batch)
+        memory = self.decoder.prepare_memory(values, lengths_to_mask(lengths, values.shape[1]))
+        logits, attention = self.decoder.forward_teacher(memory, inputs)
+        ctc = None
+        if self.ctc is not None:
+            ctc = (torch.log_softmax(self.ctc(x4), dim=-1).transpose(0, 1), len4)
+        return logits, attention, ctc
+
+
+def speech_loss(
+    model: ListenAttendSpell,
+    batch: SpeechBatch,
+    targets: torch.Tensor,
+    smoothing: float = 0.1,
+    ctc_weight: float = 0.3,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(1 - w) * label-smoothed cross-entropy + w * CTC. targets [B, U+1]: <bos> chars <eos> <pad>..."""
+    pad = model.pad_id
+    logits, _, ctc = model(batch, targets[:, :-1])
+    gold = targets[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=pad,
+                         label_smoothing=smoothing)  # fmt: skip
+    parts = {"ce": ce.item()}
+    if ctc is None or ctc_weight <= 0:
+        return ce, parts
+    log_probs, input_lengths = ctc
+    chars = gold.masked_fill(gold == model.eos_id, pad)  # CTC targets: the characters only
+    target_lengths = (chars != pad).sum(dim=1)
+    ctc_loss = F.ctc_loss(log_probs, chars, input_lengths, target_lengths, blank=pad, zero_infinity=True)
+    parts["ctc"] = ctc_loss.item()
+    return (1 - ctc_weight) * ce + ctc_weight * ctc_loss, parts

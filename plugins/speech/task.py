@@ -1,0 +1,100 @@
+"""The speech task: what the server needs to serve, train and evaluate speech-to-text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmserve.plugins.nn.contract import EncoderDecoder
+from mmserve.plugins.nn.search import DecodeResult
+from mmserve.plugins.speech.checkpoint import load_speech_model
+from mmserve.plugins.speech.model import ListenAttendSpell
+from mmserve.plugins.speech.preprocess import CONTENT_TYPES, audio_bytes_to_features
+from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
+from mmserve.plugins.tracking import RunLogger
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class SpeechTask(Task):
+    name = "speech"
+    description = (
+        "Transcribe English speech (Listen, Attend and Spell over characters, trained on synthetic "
+        "espeak-ng speech). Any sample rate or channel count; WAV, FLAC, OGG/Opus, MP3, WebM or M4A."
+    )
+    content_types = CONTENT_TYPES
+    v2_inputs = (TensorSpec("AUDIO", "BYTES", (1,)),)
+    v2_outputs = (TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("SCORE", "FP32", (1,)))
+    default_max_length = 400  # characters: about 25 s of fast speech
+    # Serves OpenAI-compatible `POST /v1/audio/transcriptions` too (server/http/routes_openai.py).
+    transcribes = True
+
+    def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
+        return load_speech_model(artifact_dir, device)
+
+    def bundled_artifacts(self) -> Path | None:
+        return WEIGHTS_DIR if (WEIGHTS_DIR / "weights.safetensors").is_file() else None
+
+    def preprocess(self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits) -> Any:
+        assert isinstance(model, ListenAttendSpell), f"speech needs a ListenAttendSpell, got {type(model).__name__}"
+        return audio_bytes_to_features(data, content_type, model.config.features, limits)
+
+    def input_cost(self, inputs: Any) -> int:
+        return int(inputs.shape[0])  # feature frames: what the listener's time costs
+
+    def postprocess(self, result: DecodeResult, model: EncoderDecoder, include_attention: bool) -> dict[str, Any]:
+        assert isinstance(model, ListenAttendSpell), f"speech needs a ListenAttendSpell, got {type(model).__name__}"
+        chars = [model.vocab.itos[t] for t in result.tokens if t > model.vocab.unk_id]
+        text = " ".join("".join(chars).split())
+        output: dict[str, Any] = {"text": text, "tokens": chars, "score": float(result.score)}
+        seconds = model.frames_per_position * model.config.features.hop_length / model.config.features.sample_rate
+        output["words"] = word_times(result, model, seconds) if result.attention is not None else []
+        if include_attention and result.attention is not None:
+            output["attention"] = [[round(v, 4) for v in row] for row in result.attention.float().tolist()]
+        return output
+
+    def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
+        return {"TEXT": output["text"], "SCORE": float(output["score"])}
+
+    def train(self, options: TrainOptions, logger: RunLogger) -> TrainResult:
+        from mmserve.plugins.speech.data import EspeakMissing
+        from mmserve.plugins.speech.train import train_speech
+
+        try:
+            return train_speech(options, logger)
+        except EspeakMissing as error:
+            raise SystemExit(f"speech training needs synthetic data: {error}") from None
+
+    def evaluate(self, artifact_dir: Path, logger: RunLogger, device: str = "cpu") -> dict[str, float]:
+        from mmserve.plugins.speech.data import EspeakMissing
+        from mmserve.plugins.speech.evaluate import evaluate_artifact
+
+        try:
+            return evaluate_artifact(Path(artifact_dir), logger, device)
+        except EspeakMissing as error:
+            raise SystemExit(f"speech evaluation needs the synthetic test set: {error}") from None
+
+
+def word_times(result: DecodeResult, model: ListenAttendSpell, seconds_per_position: float) -> list[dict[str, Any]]:
+    """Words with start / end times from the attention alignment: each character's time is
+    the centre of mass of its attention over memory positions (80 ms each); a word spans
+    its first to its last character."""
+    attention = result.attention.float()  # [T, N]
+    positions = torch.arange(attention.shape[1], dtype=torch.float32)
+    centre = (attention * positions).sum(dim=1) / attention.sum(dim=1).clamp_min(1e-9)  # [T]
+    words: list[dict[str, Any]] = []
+    current: list[tuple[str, float]] = []
+    tokens = list(result.tokens) + [None]  # a sentinel closes the last word
+    for i, token in enumerate(tokens):
+        char = model.vocab.itos[token] if token is not None and token > model.vocab.unk_id else " "
+        if char != " ":
+            current.append((char, float(centre[i])))
+            continue
+        if current:
+            start, end = current[0][1], current[-1][1]
+            words.append({"word": "".join(c for c, _ in current), "start": round(start * seconds_per_position, 3),
+                          "end": round((end + 1) * seconds_per_position, 3)})  # fmt: skip
+            current = []
+    return words

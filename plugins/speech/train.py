@@ -1,0 +1,253 @@
+"""Training recipe for the bundled speech model (Listen, Attend and Spell on espeak-ng speech).
+
+Label-smoothed cross-entropy plus CTC on the listener's 4x layer; SpecAugment (frequency and
+time masks) on every training utterance; dropout; Adam with warm-up and cosine decay;
+gradient clipping. Batches hold utterances of similar length (less padding). Each epoch logs
+train loss and the validation loss, CER and WER (greedy); the weights with the best
+validation WER are saved.
+
+Knobs live in `DEFAULTS`, overridden with `mmserve train speech --set key=value`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from mmserve.plugins.nn.decoder import DecoderConfig
+from mmserve.plugins.speech.checkpoint import save_speech_model
+from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
+from mmserve.plugins.speech.evaluate import error_rates, transcribe
+from mmserve.plugins.speech.features import FeatureConfig, LogMel
+from mmserve.plugins.speech.model import ListenAttendSpell, ListenerConfig, SpeechBatch, SpeechConfig, speech_loss
+from mmserve.plugins.speech.text import char_vocabulary, encode_chars
+from mmserve.plugins.task import TrainOptions, TrainResult
+from mmserve.plugins.tracking import RunLogger
+
+DEFAULTS: dict[str, Any] = {
+    # data (generated once into the cache directory; "" = $MMSERVE_DATA_DIR/speech-data)
+    "data_dir": "",
+    "train_clips": SPLIT_SIZES["train"],
+    "val_clips": SPLIT_SIZES["val"],
+    "test_clips": SPLIT_SIZES["test"],
+    "data_workers": 4,  # espeak-ng subprocesses at once while generating
+    # features and model
+    "n_mels": 80,
+    "conv_channels": 32,
+    "conv_dim": 256,
+    "listener_hidden": 128,
+    "embed_dim": 64,
+    "speller_hidden": 256,
+    "attn_dim": 128,
+    "dropout": 0.2,
+    "ctc": True,
+    # training
+    "ctc_weight": 0.3,
+    "label_smoothing": 0.1,
+    "freq_masks": 2,
+    "freq_mask_width": 12,
+    "time_masks": 2,
+    "time_mask_ratio": 0.05,  # each time mask is at most this fraction of the utterance
+    "weight_decay": 1e-6,
+    "grad_clip": 5.0,
+    "warmup_steps": 200,
+    "min_lr_ratio": 0.05,
+    "max_length": 200,  # characters, for validation decoding
+    "silence_percent": 2,  # extra clips of silence / faint noise with an empty transcript
+    # run
+    "time_budget_minutes": 0.0,  # stop after the epoch that passes this wall time (0 = no limit)
+    "num_threads": 1,  # torch CPU threads: the machine is shared
+    "fp16": False,
+    "progress": True,
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    # `--set key=value` arrives JSON-decoded when it can be, else as a string.
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"setting {key!r} expects true/false, got {value!r}")
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"setting {key!r} expects {type(default).__name__}, got {value!r}") from error
+
+
+def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
+    """DEFAULTS overridden by `extra`; unknown keys are an error that lists the known ones."""
+    unknown = sorted(set(extra) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown speech setting(s) {unknown}; known: {', '.join(sorted(DEFAULTS))}")
+    return {key: _coerce(key, extra[key], default) if key in extra else default for key, default in DEFAULTS.items()}
+
+
+def build_model(s: dict[str, Any]) -> ListenAttendSpell:
+    vocab = char_vocabulary()
+    listener = ListenerConfig(s["conv_channels"], s["conv_dim"], s["listener_hidden"], s["dropout"], s["ctc"])
+    decoder = DecoderConfig(
+        vocab_size=len(vocab), memory_dim=listener.memory_dim, embed_dim=s["embed_dim"],
+        hidden_dim=s["speller_hidden"], attn_dim=s["attn_dim"], cell="lstm", num_layers=1,
+        dropout=s["dropout"], attention="location",
+    )  # fmt: skip
+    return ListenAttendSpell(SpeechConfig(FeatureConfig(n_mels=s["n_mels"]), listener, decoder), vocab)
+
+
+def spec_augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) without time warping: zero (= the utterance mean) a few
+    bands of mel channels and a few spans of frames. features [T, F] -> [T, F]."""
+    out = features.clone()
+    frames, bands = out.shape
+    for _ in range(s["freq_masks"]):
+        width = rng.randint(0, s["freq_mask_width"])
+        start = rng.randint(0, max(bands - width, 0))
+        out[:, start : start + width] = 0.0
+    span = int(frames * s["time_mask_ratio"])
+    for _ in range(s["time_masks"]):
+        width = rng.randint(0, span)
+        start = rng.randint(0, max(frames - width, 0))
+        out[start : start + width] = 0.0
+    return out
+
+
+def silence_clip(rng: random.Random, sample_rate: int = 16000) -> torch.Tensor:
+    """0.3-4 s of digital silence or faint noise (-90 to -45 dBFS)."""
+    samples = int(rng.uniform(0.3, 4.0) * sample_rate)
+    if rng.random() < 0.2:
+        return torch.zeros(samples)
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    return torch.randn(samples, generator=gen) * 10 ** (rng.uniform(-90, -45) / 20)
+
+
+def pad_targets(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    width = max(len(t) for t in sequences)
+    return torch.tensor([t + [pad_id] * (width - len(t)) for t in sequences], dtype=torch.long)
+
+
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Batches of utterances of similar length (sorted with a little noise), in random order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.uniform(-15, 15))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _lr_factor(step: int, total: int, warmup: int, floor: float, time_progress: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to `floor` over the steps, or over the time budget
+    when that runs out first (so a budget-limited run still ends at a low learning rate)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(max((step - warmup) / max(total - warmup, 1), time_progress), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _over_budget(started: float, s: dict[str, Any]) -> bool:
+    return s["time_budget_minutes"] > 0 and time.monotonic() - started > 60 * s["time_budget_minutes"]
+
+
+def featurize(clips: SpeechClips, featurizer: LogMel, progress: bool, desc: str) -> list[torch.Tensor]:
+    return [featurizer(torch.from_numpy(clips.wave(i))) for i in tqdm(range(len(clips)), desc=desc, disable=not progress, leave=False)]  # fmt: skip
+
+
+@torch.no_grad()
+def validate(model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str], s: dict[str, Any]) -> dict[str, float]:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(features), 32):
+        batch = model.collate(features[start : start + 32])
+        targets = pad_targets([encode_chars(model.vocab, t) for t in texts[start : start + 32]], model.pad_id)
+        _, parts = speech_loss(model, batch, targets, 0.0, 0.0)
+        total, count = total + parts["ce"] * len(targets), count + len(targets)
+    hypotheses = transcribe(model, features, beam_size=1, max_length=s["max_length"])
+    rates = error_rates(texts, hypotheses)
+    return {"val_loss": total / count, "val_wer": rates["wer"], "val_cer": rates["cer"]}
+
+
+def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
+    s = resolve_settings(options.extra)
+    assert options.epochs >= 1 and options.batch_size >= 1, "epochs and batch_size must be >= 1"
+    if s["num_threads"]:
+        torch.set_num_threads(s["num_threads"])
+    torch.manual_seed(options.seed)
+    rng = random.Random(options.seed)
+    device = torch.device(options.device)
+    cache = build_cache(s["data_dir"] or default_cache_dir(), {"train": s["train_clips"], "val": s["val_clips"],
+                        "test": s["test_clips"]}, s["data_workers"], s["progress"])  # fmt: skip
+    model = build_model(s).to(device)
+    featurizer = LogMel(model.config.features)
+    train_clips = SpeechClips(split_dir(cache, "train", s["train_clips"]))
+    val_clips = SpeechClips(split_dir(cache, "val", s["val_clips"]))
+    train_x = featurize(train_clips, featurizer, s["progress"], "features train")
+    val_x = featurize(val_clips, featurizer, s["progress"], "features val")
+    train_y = [encode_chars(model.vocab, train_clips.text(i)) for i in range(len(train_clips))]
+    # Silence and faint noise transcribe to nothing: a few such clips teach the empty answer.
+    silent = [featurizer(silence_clip(random.Random(f"silence/{i}"))) for i in range(len(train_x) * s["silence_percent"] // 100)]
+    train_x, train_y = train_x + silent, train_y + [encode_chars(model.vocab, "")] * len(silent)
+    val_texts = [val_clips.text(i) for i in range(len(val_clips))]
+    steps_per_epoch = math.ceil(len(train_x) / options.batch_size)
+    total_steps = options.epochs * steps_per_epoch
+    if options.max_steps is not None:
+        total_steps = min(total_steps, options.max_steps)
+    params = {"task": "speech", "epochs": options.epochs, "batch_size": options.batch_size,
+              "learning_rate": options.learning_rate, "seed": options.seed, "max_steps": options.max_steps,
+              "total_steps": total_steps, "parameters": sum(p.numel() for p in model.parameters()), **s}  # fmt: skip
+    logger.log_params(params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate, weight_decay=s["weight_decay"])
+    schedule = partial(_lr_factor, total=total_steps, warmup=s["warmup_steps"], floor=s["min_lr_ratio"])
+    budget_s = 60 * s["time_budget_minutes"]
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    step, started = 0, time.monotonic()
+    for epoch in range(1, options.epochs + 1):
+        model.train()
+        running, seen = 0.0, 0
+        batches = length_batches([x.shape[0] for x in train_x], options.batch_size, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
+        for index in bar:
+            batch = model.collate([spec_augment(train_x[i], rng, s) for i in index])
+            batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
+            targets = pad_targets([train_y[i] for i in index], model.pad_id).to(device)
+            loss, parts = speech_loss(model, batch, targets, s["label_smoothing"], s["ctc_weight"] if s["ctc"] else 0.0)
+            time_progress = (time.monotonic() - started) / budget_s if budget_s > 0 else 0.0
+            lr = options.learning_rate * schedule(step, time_progress=time_progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
+            optimizer.step()
+            step += 1
+            running, seen = running + float(loss) * len(index), seen + len(index)
+            bar.set_postfix(loss=f"{running / seen:.3f}", ce=f"{parts['ce']:.3f}", lr=f"{lr:.1e}")
+            if step >= total_steps or _over_budget(started, s):
+                break
+        row = {"epoch": epoch, "train_loss": running / max(seen, 1), **validate(model, val_x, val_texts, s)}
+        history.append(row)
+        logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if best is None or row["val_wer"] <= best[0]:
+            best = (row["val_wer"], {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if s["progress"]:
+            line = ", ".join(f"{k} {v:.4g}" for k, v in row.items()) + f", {time.monotonic() - started:.0f}s"
+            tqdm.write(line, file=sys.stderr)
+        if step >= total_steps or _over_budget(started, s):
+            break
+    wall = time.monotonic() - started
+    assert best is not None, "no epoch ran"
+    model.load_state_dict(best[1])
+    logger.log_text(json.dumps(history, indent=1), "history.json")
+    training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
+    save_speech_model(model, options.output_dir, {**training, "steps": step, "wall_seconds": round(wall, 1)}, s["fp16"])
+    best_row = min(history, key=lambda r: r["val_wer"])
+    metrics = {k: float(v) for k, v in best_row.items() if k != "epoch"}
+    metrics.update({"best_epoch": float(best_row["epoch"]), "train_wall_seconds": wall})
+    return TrainResult(artifact_dir=options.output_dir, metrics=metrics, params=params)
