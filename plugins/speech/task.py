@@ -51,6 +51,8 @@ class SpeechTask(Task):
         output: dict[str, Any] = {"text": text, "tokens": chars, "score": float(result.score)}
         seconds = model.frames_per_position * model.config.features.hop_length / model.config.features.sample_rate
         output["words"] = word_times(result, model, seconds) if result.attention is not None else []
+        if result.attention is not None:  # the memory covers the whole clip, 80 ms a position
+            output["duration"] = round(result.attention.shape[1] * seconds, 3)
         if include_attention and result.attention is not None:
             output["attention"] = [[round(v, 4) for v in row] for row in result.attention.float().tolist()]
         return output

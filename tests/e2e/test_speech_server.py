@@ -1,0 +1,154 @@
+"""A real server transcribing clips that espeak-ng speaks during the test (held-out voices):
+the task API in several containers, the OpenAI-compatible route through the real `openai`
+SDK (every response format, streaming, errors), tritonclient, and bad inputs."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import wave
+
+import httpx
+import numpy as np
+import pytest
+
+from mmserve.plugins.speech import data
+from mmserve.plugins.speech.evaluate import error_rates
+from tests.e2e.server_process import running_server
+from tests.unit.media_fixtures import encode_audio
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make speech-deps)"),
+]
+
+SENTENCES = ["please call me at seven", "the water is very cold today", "she has three hundred books"]
+# The bundled model's CER on held-out voices is far below this; an untrained one is near 1.
+MAX_CER = 0.35
+
+
+def _clip(index: int) -> tuple[bytes, str]:
+    """A held-out-voice clip as 16-bit mono WAV at 22.05 kHz (resampled by the server)."""
+    voice = data.Voice(data.voices("test")[index * 17], 160, 50, 100)
+    samples = data.synthesize(SENTENCES[index], voice)
+    return _wav(samples, 16000), SENTENCES[index]
+
+
+def _wav(samples: np.ndarray, rate: int) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
+    return out.getvalue()
+
+
+CLIPS = [_clip(i) for i in range(len(SENTENCES))] if shutil.which("espeak-ng") else []
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    env = {"MMSERVE_PLUGINS": "speech", "MMSERVE_MAX_DURATION_S": "20"}
+    with running_server(tmp_path_factory.mktemp("speech-server"), env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_task_api_transcribes_held_out_voices(base):
+    hyps = []
+    for audio, _ in CLIPS:
+        body = httpx.post(f"{base}/v1/speech", files={"file": ("clip.wav", audio, "audio/wav")}, timeout=60).json()
+        assert body["model"]["name"] == "speech"
+        assert "".join(body["tokens"]).split() == body["text"].split()
+        assert [w["word"] for w in body["words"]] == body["text"].split()
+        assert all(0 <= w["start"] < w["end"] <= body["duration"] + 0.2 for w in body["words"])
+        hyps.append(body["text"])
+    assert error_rates([t for _, t in CLIPS], hyps)["cer"] <= MAX_CER, hyps
+
+
+@pytest.mark.parametrize(("fmt", "codec", "mime"), [("flac", "flac", "audio/flac"), ("ogg", "libopus", "audio/ogg"),
+                                                     ("mp3", "libmp3lame", "audio/mpeg")])  # fmt: skip
+def test_compressed_uploads_at_other_rates_and_stereo(base, fmt, codec, mime):
+    audio, text = CLIPS[0]
+    with wave.open(io.BytesIO(audio)) as w:
+        mono = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    import torch
+    import torchaudio.functional as AF
+
+    rate = 48000
+    resampled = AF.resample(torch.from_numpy(mono), 16000, rate).numpy()
+    encoded = encode_audio(fmt, codec, np.stack([resampled, resampled]), rate)
+    body = httpx.post(f"{base}/v1/speech", files={"file": (f"clip.{fmt}", encoded, mime)}, timeout=60).json()
+    assert error_rates([text], [body["text"]])["cer"] <= MAX_CER, body
+
+
+def test_openai_sdk_every_response_format(client):
+    audio, text = CLIPS[1]
+    result = client.audio.transcriptions.create(model="speech", file=("clip.wav", audio, "audio/wav"))
+    assert error_rates([text], [result.text])["cer"] <= MAX_CER, result.text
+    plain = client.audio.transcriptions.create(model="whisper-1", file=("clip.wav", audio), response_format="text")
+    assert plain.strip() == result.text
+    srt = client.audio.transcriptions.create(model="speech", file=("clip.wav", audio), response_format="srt")
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:0") and result.text in srt
+    vtt = client.audio.transcriptions.create(model="speech", file=("clip.wav", audio), response_format="vtt")
+    assert vtt.startswith("WEBVTT") and result.text in vtt
+    verbose = client.audio.transcriptions.create(
+        model="speech", file=("clip.wav", audio), response_format="verbose_json", timestamp_granularities=["word"],
+        language="en", prompt="ignored", temperature=0.0,
+    )  # fmt: skip
+    assert verbose.text == result.text and verbose.duration > 0
+    assert [w.word for w in verbose.words] == result.text.split()
+
+
+def test_openai_sdk_streaming(client):
+    audio, _ = CLIPS[2]
+    final = client.audio.transcriptions.create(model="speech", file=("clip.wav", audio))
+    events = list(client.audio.transcriptions.create(model="speech", file=("clip.wav", audio), stream=True))
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    done = [e for e in events if e.type == "transcript.text.done"]
+    assert len(done) == 1 and done[0].text == final.text
+    assert " ".join("".join(deltas).split()) == final.text
+
+
+def test_openai_errors_have_openai_shape(client):
+    import openai
+
+    audio, _ = CLIPS[0]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.audio.transcriptions.create(model="no-such-model", file=("clip.wav", audio))
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as corrupt:
+        client.audio.transcriptions.create(model="speech", file=("clip.wav", b"RIFF\x00\x00\x00\x00WAVEjunk"))
+    assert corrupt.value.body["type"] == "invalid_request_error"
+
+
+def test_tritonclient_audio_bytes(base):
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(base.removeprefix("http://"))
+    tensor = http.InferInput("AUDIO", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([CLIPS[0][0]], dtype=object), binary_data=True)
+    result = client.infer("speech", [tensor], outputs=[http.InferRequestedOutput("TEXT", binary_data=False)])
+    text = result.as_numpy("TEXT")[0]
+    text = text.decode() if isinstance(text, bytes) else text
+    assert error_rates([CLIPS[0][1]], [text])["cer"] <= MAX_CER, text
+
+
+def test_bad_audio_is_a_clear_4xx_and_silence_is_not_an_error(base):
+    def post(audio: bytes, mime: str = "audio/wav") -> httpx.Response:
+        return httpx.post(f"{base}/v1/speech", files={"file": ("x.wav", audio, mime)}, timeout=60)
+
+    assert post(b"").status_code == 400
+    assert post(CLIPS[0][0][:60]).status_code == 400  # the header and a few samples: truncated
+    assert post(b"RIFF\x00\x00\x00\x00WAVEjunk").status_code == 400
+    assert post(b"hello", "text/plain").status_code == 415
+    long = post(_wav(np.zeros(16000 * 25, np.float32), 16000))
+    assert long.status_code == 413 and "25.00 s" in long.json()["error"]
+    silence = post(_wav(np.zeros(16000 * 2, np.float32), 16000))
+    assert silence.status_code == 200 and silence.json()["text"] == ""

@@ -1,0 +1,163 @@
+"""The speech plugin: text, features, listener, decoding, preprocessing, task output, data."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mmserve.plugins.errors import InputError, PayloadTooLarge
+from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
+from mmserve.plugins.speech import data
+from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for
+from mmserve.plugins.speech.model import speech_loss
+from mmserve.plugins.speech.preprocess import audio_bytes_to_features
+from mmserve.plugins.speech.task import SpeechTask, word_times
+from mmserve.plugins.speech.text import char_vocabulary, decode_chars, encode_chars, normalize_text
+from mmserve.plugins.speech.train import build_model, pad_targets, resolve_settings, spec_augment
+from mmserve.plugins.task import InputLimits
+from tests.unit.media_fixtures import encode_audio, stereo_sine
+
+TINY = {"n_mels": 16, "conv_channels": 4, "conv_dim": 16, "listener_hidden": 8, "embed_dim": 8,
+        "speller_hidden": 16, "attn_dim": 8, "dropout": 0.0}  # fmt: skip
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(resolve_settings(TINY)).eval()
+
+
+def random_features(lengths: list[int], bands: int = 16, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, bands, generator=gen) for n in lengths]
+
+
+def test_text_is_normalised_and_round_trips():
+    assert normalize_text("Twenty-One, it's   DONE!") == "twenty one it's done"
+    vocab = char_vocabulary()
+    assert len(vocab) == 32
+    ids = encode_chars(vocab, "it's ok")
+    assert ids[0] == vocab.bos_id and ids[-1] == vocab.eos_id
+    assert decode_chars(vocab, ids[1:]) == "it's ok"
+
+
+def test_log_mel_shape_and_per_utterance_normalisation():
+    config = FeatureConfig(n_mels=40)
+    wave = torch.from_numpy(stereo_sine(16000, 0.5, 440.0)[0]) + 0.01 * torch.randn(8000)
+    feats = LogMel(config)(wave)
+    assert feats.shape == (frames_for(8000, config), 40)
+    torch.testing.assert_close(feats.mean(dim=0), torch.zeros(40), atol=1e-4, rtol=0)
+    torch.testing.assert_close(feats.std(dim=0), torch.ones(40), atol=1e-3, rtol=0)
+
+
+def test_listener_shortens_time_eightfold_and_batches_like_one_by_one():
+    model = tiny_model()
+    feats = random_features([83, 40, 17, 1])
+    with torch.no_grad():
+        memory = model.encode(model.collate(feats))
+        assert memory.mask.sum(dim=1).tolist() == [11, 5, 3, 1]  # ceil(ceil(ceil(T/2)/2)/2)
+        for i, f in enumerate(feats):
+            alone = model.encode(model.collate([f]))
+            n = int(alone.mask.sum())
+            torch.testing.assert_close(memory.values[i, :n], alone.values[0, :n], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_batched_decoding_equals_one_by_one(beam):
+    model = tiny_model()
+    feats = random_features([60, 25, 90], seed=1)
+    with torch.no_grad():
+        memory = model.encode(model.collate(feats))
+        batched = greedy_decode(model, memory, 15) if beam == 1 else beam_search(model, memory, beam, 15, alpha=0.6)
+        for f, result in zip(feats, batched):
+            one = model.encode(model.collate([f]))
+            alone = greedy_decode(model, one, 15)[0] if beam == 1 else beam_search(model, one, beam, 15, alpha=0.6)[0]
+            assert alone.tokens == result.tokens
+            assert alone.score == pytest.approx(result.score, abs=1e-4)
+
+
+def test_loss_has_ctc_and_cross_entropy_and_trains():
+    model = tiny_model().train()
+    feats = random_features([80, 64], seed=2)
+    vocab = model.vocab
+    targets = pad_targets([encode_chars(vocab, "hi there"), encode_chars(vocab, "yo")], vocab.pad_id)
+    batch = model.collate(feats)
+    loss, parts = speech_loss(model, batch, targets, 0.1, 0.3)
+    assert set(parts) == {"ce", "ctc"} and torch.isfinite(loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = float(loss)
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss, _ = speech_loss(model, batch, targets, 0.0, 0.3)
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < first, "the loss should fall when fitting two utterances"
+
+
+def test_spec_augment_masks_bands_and_frames():
+    feats = torch.ones(200, 80)
+    settings = resolve_settings({"freq_mask_width": 20, "time_mask_ratio": 0.1})
+    masked = [spec_augment(feats, random.Random(seed), settings) for seed in range(5)]
+    assert all(m.shape == feats.shape for m in masked)
+    assert any(bool((m == 0).all(dim=0).any()) for m in masked), "no mel band was masked"
+    assert any(bool((m == 0).all(dim=1).any()) for m in masked), "no time span was masked"
+    assert torch.all(feats == 1), "the input must not be modified"
+
+
+def test_preprocess_resamples_and_downmixes_any_upload():
+    model = tiny_model()
+    wav = encode_audio("wav", "pcm_s16le", stereo_sine(44100, 0.5), 44100)
+    feats = SpeechTask().preprocess(wav, "audio/wav", model, InputLimits())
+    assert feats.shape == (frames_for(8000, model.config.features), 16)
+    assert SpeechTask().input_cost(feats) == feats.shape[0]
+    with pytest.raises(InputError):
+        audio_bytes_to_features(b"RIFF0000WAVEjunk", "audio/wav", model.config.features, InputLimits())
+    with pytest.raises(PayloadTooLarge, match="0.5"):
+        audio_bytes_to_features(wav, "audio/wav", model.config.features, InputLimits(max_duration_s=0.2))
+
+
+def test_postprocess_gives_text_characters_and_word_times():
+    model = tiny_model()
+    vocab = model.vocab
+    tokens = encode_chars(vocab, "go on")[1:-1]
+    attention = torch.zeros(len(tokens), 10)
+    for i, position in enumerate([1, 2, 3, 6, 7]):  # "g" "o" " " "o" "n"
+        attention[i, position] = 1.0
+    output = SpeechTask().postprocess(DecodeResult(tokens, -1.5, attention), model, include_attention=False)
+    assert output["text"] == "go on" and output["tokens"] == list("go on")
+    assert [w["word"] for w in output["words"]] == ["go", "on"]
+    assert output["words"][0] == {"word": "go", "start": pytest.approx(0.08), "end": pytest.approx(0.24)}
+    assert output["words"][1]["start"] == pytest.approx(0.48)
+    assert output["duration"] == pytest.approx(0.8)
+    assert word_times(DecodeResult([], 0.0, torch.zeros(0, 4)), model, 0.08) == []
+
+
+def test_splits_hold_out_voices_and_sentences():
+    train, test = set(data.voices("train")), set(data.voices("test"))
+    assert train and test and not train & test
+    assert all(v.split("+")[0] in data.HELD_OUT_ACCENTS or v.split("+")[1] in data.HELD_OUT_VARIANTS for v in test)
+    texts = data.split_texts({"train": 300, "val": 20, "test": 30})
+    assert not set(texts["test"]) & set(texts["train"]) and not set(texts["val"]) & set(texts["train"])
+    assert all(t == normalize_text(t) and t for t in texts["train"])
+    assert len(set(texts["train"])) == 300
+
+
+def test_augmentation_keeps_length_and_stays_in_range():
+    rng = np.random.default_rng(0)
+    wave = np.sin(np.arange(16000) / 16000 * 2 * np.pi * 300).astype(np.float32) * 0.5
+    for _ in range(6):
+        out, info = data.augment(wave, rng)
+        assert out.shape == wave.shape and np.isfinite(out).all() and np.abs(out).max() <= 1.0
+    noisy = data.add_noise(np.ones(16000, np.float32), np.random.default_rng(1), 10.0) - 1.0
+    assert 10 * np.log10(1.0 / np.mean(noisy**2)) == pytest.approx(10.0, abs=0.5)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_espeak_clip_is_speech_of_plausible_length():
+    wave, info = data.make_clip("test", 0, "one two three four")
+    assert info["voice"] in data.voices("test")
+    assert 0.5 < len(wave) / data.SAMPLE_RATE < 5.0
+    assert np.abs(wave).max() > 0.05
