@@ -75,6 +75,9 @@ class Task(ABC):
     # The task's own request parameters (e.g. frames per second), a pydantic model; when set,
     # preprocess and postprocess receive a validated instance as `options=`.
     request_options: type[BaseModel] | None = None
+    # True when postprocess reads the attention weights (e.g. word times from the alignment):
+    # the engine then keeps them for every request, not only for `attention=true`.
+    keeps_attention: bool = False
 
     @abstractmethod
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:

@@ -6,6 +6,7 @@ Shared by the task endpoints, the Open Inference Protocol endpoints and the Ray 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -97,6 +98,8 @@ class Inference:
     ) -> DecodeResult:
         """Decode in the engine; cancels the sequence on timeout or client disconnect."""
         decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
+        if service.task.keeps_attention:
+            decode_params = dataclasses.replace(decode_params, keep_attention=True)
         generation = asyncio.ensure_future(service.engine.generate(inputs, decode_params, on_token))
         try:
             return await await_or_abandon(generation, request, self.settings.request_timeout_s, generation.cancel)
