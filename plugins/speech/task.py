@@ -30,6 +30,7 @@ class SpeechTask(Task):
     default_max_length = 400  # characters: about 25 s of fast speech
     # Serves OpenAI-compatible `POST /v1/audio/transcriptions` too (server/http/routes_openai.py).
     transcribes = True
+    keeps_attention = True  # word times come from the attention alignment
 
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
         return load_speech_model(artifact_dir, device)

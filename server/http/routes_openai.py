@@ -113,8 +113,7 @@ async def _transcribe(request: Request, inference: Inference, tasks: list[str]) 
         raise FormError(f"timestamp_granularities must be word and/or segment, got {bad}", "timestamp_granularities[]")
     data = await upload.read()
     content_type = upload.content_type
-    # Attention is kept so word times can be read from it; the weights themselves are dropped.
-    params = GenerationParams(temperature=temperature, attention=True, stream=stream)
+    params = GenerationParams(temperature=temperature, stream=stream)
     if stream:
         events = await inference.open_stream(task, data, content_type, params)
         return StreamingResponse(_openai_events(events), media_type="text/event-stream",
