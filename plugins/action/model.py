@@ -37,6 +37,10 @@ class ClipEncoderConfig:
     stage_strides: tuple[int, ...] = (2, 2)
     blocks_per_stage: int = 1
     frame_dim: int = 128  # per-frame feature (from the flattened grid: position survives)
+    # Also max-pool the grid to this coarse grid: features that say *what* is in each part of
+    # the frame whatever its exact place (the flattened grid alone must learn every digit at
+    # every position separately, which was far slower to train). (0, 0): off.
+    pool_grid: tuple[int, int] = (2, 3)
     temporal: str = "bigru"  # bigru | bilstm | none (the mean-pooled-frames baseline)
     temporal_hidden: int = 64  # per direction
     temporal_layers: int = 1
@@ -49,6 +53,7 @@ class ClipEncoderConfig:
 
     def __post_init__(self) -> None:
         self.frame_size = tuple(int(v) for v in self.frame_size)
+        self.pool_grid = tuple(int(v) for v in self.pool_grid)
         self.stage_widths = tuple(int(v) for v in self.stage_widths)
         self.stage_strides = tuple(int(v) for v in self.stage_strides) or (2,) * len(self.stage_widths)
         assert self.temporal in TEMPORAL, f"temporal must be one of {TEMPORAL}, got {self.temporal!r}"
@@ -100,11 +105,16 @@ class FrameCNN(nn.Module):
         for stride in (2, *c.stage_strides):  # 3x3 convs, padding 1
             h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
         self.grid = (h, w)
-        # Flatten rather than average-pool: "moves left" is a change of *where*, which pooling erases.
-        self.project = nn.Sequential(nn.Flatten(), nn.Linear(width * h * w, c.frame_dim), nn.ReLU(inplace=True))
+        # The flattened grid keeps *where* ("moves left" is a change of place, which pooling
+        # erases); the max-pooled coarse grid says *what*, wherever it is.
+        self.pool = nn.AdaptiveMaxPool2d(c.pool_grid) if all(c.pool_grid) else None
+        pooled = width * c.pool_grid[0] * c.pool_grid[1] if self.pool is not None else 0
+        self.project = nn.Sequential(nn.Linear(width * h * w + pooled, c.frame_dim), nn.ReLU(inplace=True))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.project(self.body(frames))
+        grid = self.body(frames)  # [N, C, h, w]
+        parts = [grid.flatten(1)] + ([self.pool(grid).flatten(1)] if self.pool is not None else [])
+        return self.project(torch.cat(parts, dim=1))  # [N, frame_dim]
 
 
 class ClipEncoder(nn.Module):

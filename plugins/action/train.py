@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "stem_width": 8,
     "stage_widths": [16, 32],
     "frame_dim": 128,
+    "pool_grid": [2, 3],
     "temporal": "bigru",  # bigru | bilstm | none (the mean-pooled baseline)
     "temporal_hidden": 64,
     # decoder (the shared AttentionDecoder)
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "attn_dim": 64,
     "dropout": 0.1,
     # optimisation
-    "attention_supervision": 1.0,  # weight of the attention-on-true-span term (0: off)
+    "attention_supervision": 0.5,  # weight of the attention-on-true-span term (0: off)
     "weight_decay": 1e-5,
     "grad_clip": 5.0,
     "warmup_steps": 100,
@@ -92,6 +93,7 @@ def build_model(settings: dict[str, Any], vocab: Vocabulary, mode: str = "sequen
         stage_widths=tuple(settings["stage_widths"]),
         stage_strides=(2,) * len(settings["stage_widths"]),
         frame_dim=settings["frame_dim"],
+        pool_grid=tuple(settings["pool_grid"]),
         temporal=settings["temporal"],
         temporal_hidden=settings["temporal_hidden"],
     )

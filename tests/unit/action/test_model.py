@@ -1,0 +1,156 @@
+"""The action model: mask from lengths, batched equals one-by-one, loss, spans, artifacts, task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmserve.plugins.action.checkpoint import load_recognizer, save_recognizer
+from mmserve.plugins.action.clips import sample_clip
+from mmserve.plugins.action.data import ClipBatch, action_vocabulary, collate_clips
+from mmserve.plugins.action.evaluate import score_predictions, truth
+from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss
+from mmserve.plugins.action.spans import attention_span, find_actions, group_actions, span_iou
+from mmserve.plugins.action.task import ActionTask, describe
+from mmserve.plugins.action.train import resolve_settings
+from mmserve.plugins.nn.decoder import DecoderConfig
+from mmserve.plugins.nn.search import DecodeResult, greedy_decode
+
+VOCAB = action_vocabulary()
+
+
+def tiny_model(temporal: str = "bigru", cell: str = "lstm", attention: str = "bahdanau") -> ActionRecognizer:
+    torch.manual_seed(0)
+    enc = ClipEncoderConfig(stem_width=4, stage_widths=(8, 8), frame_dim=16, temporal=temporal, temporal_hidden=8)
+    dec = DecoderConfig(vocab_size=len(VOCAB), memory_dim=enc.memory_dim, embed_dim=8, hidden_dim=16, attn_dim=8,
+                        cell=cell, attention=attention)  # fmt: skip
+    return ActionRecognizer(ActionConfig(enc, dec), VOCAB).eval()
+
+
+def random_clips(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n, 3, 32, 48), dtype=torch.uint8, generator=gen) for n in lengths]
+
+
+def test_mask_comes_from_the_lengths_and_padding_is_never_read():
+    model = tiny_model()
+    clips = random_clips([5, 9, 2])
+    batch = model.collate(clips)
+    memory = model.encode(batch)
+    assert memory.values.shape == (3, 9, 16) and memory.mask.tolist() == [[i < n for i in range(9)] for n in (5, 9, 2)]
+    garbage = ClipBatch(batch.frames.clone(), batch.lengths)
+    for row, n in enumerate((5, 9, 2)):
+        garbage.frames[row, n:] = 200  # whatever sits in the padding must not matter
+    torch.testing.assert_close(model.encode(garbage).values * memory.mask.unsqueeze(-1), memory.values * memory.mask.unsqueeze(-1))
+    state = model.init_state(memory)
+    _, _, attention = model.step(torch.full((3,), VOCAB.bos_id), state, memory)
+    assert attention.shape == (3, 9) and float(attention.detach()[~memory.mask].abs().max()) == 0.0
+    torch.testing.assert_close(attention.sum(1), torch.ones(3))
+
+
+@pytest.mark.parametrize(("temporal", "cell", "attention"),
+                         [("bigru", "lstm", "bahdanau"), ("bilstm", "gru", "luong_general"), ("none", "rnn", "bahdanau")])
+def test_batched_decoding_equals_one_by_one(temporal, cell, attention):
+    model = tiny_model(temporal, cell, attention)
+    clips = random_clips([7, 16, 3, 11], seed=1)
+    batched = greedy_decode(model, model.encode(model.collate(clips)), 8)
+    for clip, together in zip(clips, batched):
+        alone = greedy_decode(model, model.encode(model.collate([clip])), 8)[0]
+        assert alone.tokens == together.tokens
+        assert alone.score == pytest.approx(together.score, abs=1e-4)
+        torch.testing.assert_close(alone.attention, together.attention, atol=1e-5, rtol=1e-4)
+
+
+def test_pooled_baseline_has_one_memory_position_standing_for_every_frame():
+    model = tiny_model("none")
+    memory = model.encode(model.collate(random_clips([4, 6])))
+    assert memory.values.shape == (2, 1, 16) and memory.mask.all()
+    frames = model.frame_attention(torch.ones(3, 1), 6)
+    torch.testing.assert_close(frames, torch.full((3, 6), 1 / 6))
+
+
+def test_loss_supervises_attention_on_true_spans_only():
+    model = tiny_model()
+    logits = torch.randn(1, 8, len(VOCAB))
+    targets = torch.tensor([VOCAB.encode("seven moves left then two zooms in")[1:]])  # [1, 8]
+    spans = [[(1, 3), (5, 8)]]
+    on_span = torch.zeros(1, 8, 10)
+    on_span[0, 0:3, 1:4] = 1 / 3
+    on_span[0, 4:7, 5:9] = 1 / 4
+    on_span[0, 3] = on_span[0, 7] = 0.1  # "then" and <eos> rows are free
+    off_span = torch.full((1, 8, 10), 0.1)
+    total_on, ce = action_loss(logits, targets, on_span, VOCAB.pad_id, spans, 1.0)
+    total_off, ce_off = action_loss(logits, targets, off_span, VOCAB.pad_id, spans, 1.0)
+    assert torch.equal(ce, ce_off) and total_on < total_off
+    assert total_on - ce == pytest.approx((3 * torch.log(torch.tensor(3.0)) + 3 * torch.log(torch.tensor(4.0))) / 6)
+    plain, _ = action_loss(logits, targets, off_span, VOCAB.pad_id, spans, 0.0)
+    assert torch.equal(plain, ce)
+    padded = torch.cat([targets, torch.full((1, 2), VOCAB.pad_id)], 1)
+    logits_padded = torch.cat([logits, torch.randn(1, 2, len(VOCAB)) * 50], 1)
+    _, ce_padded = action_loss(logits_padded, padded, torch.cat([off_span, off_span[:, :2]], 1), VOCAB.pad_id, None, 1)
+    torch.testing.assert_close(ce_padded, ce)
+    assert model.pad_id == VOCAB.pad_id
+
+
+def test_attention_spans_and_iou():
+    weights = torch.tensor([0.0, 0.05, 0.2, 0.22, 0.25, 0.2, 0.02, 0.2, 0.0])
+    assert attention_span(weights) == (2, 5)  # the far bump at 7 is not contiguous with the peak
+    assert span_iou((2, 5), (2, 5)) == 1.0 and span_iou((0, 1), (2, 3)) == 0.0
+    assert span_iou((0, 3), (2, 5)) == pytest.approx(2 / 6)
+    words = ["seven", "moves", "left", "then", "two", "zooms", "in"]
+    assert group_actions(words) == [("seven", "moves left", [0, 1, 2]), ("two", "zooms in", [4, 5, 6])]
+    attention = torch.zeros(7, 10)
+    attention[0:3, 1:4] = 1 / 3
+    attention[4:7, 6:9] = 1 / 3
+    found = find_actions(words, attention)
+    assert [(f.subject, f.action, f.span) for f in found] == [("seven", "moves left", (1, 3)), ("two", "zooms in", (6, 8))]
+
+
+def test_scores_count_order_subjects_and_localisation():
+    spec = next(sample_clip("test", i) for i in range(100) if len(sample_clip("test", i).actions) == 2)
+    true = truth(spec)
+    assert score_predictions([spec], [true])["exact_sequence_accuracy"] == 1.0
+    assert score_predictions([spec], [true])["localisation_iou50"] == 1.0
+    swapped = [true[1], true[0]]
+    scores = score_predictions([spec], [swapped])
+    assert scores["exact_sequence_accuracy"] == 0.0 and scores["per_action_accuracy"] < 1.0
+    shifted = [(s, a, (e + 1, e + 3)) for s, a, (_, e) in true]
+    scores = score_predictions([spec], [shifted])
+    assert scores["per_action_accuracy"] == 1.0 and scores["localisation_iou50"] == 0.0
+    assert score_predictions([spec], [true[:1]])["per_action_accuracy"] == 0.5
+
+
+def test_artifact_round_trip_and_postprocess(tmp_path):
+    model = tiny_model()
+    save_recognizer(model, tmp_path, {"epochs": 0})
+    loaded = load_recognizer(tmp_path)
+    assert loaded.config == model.config and loaded.vocab.itos == VOCAB.itos
+    clips = random_clips([6])
+    torch.testing.assert_close(loaded.encode(loaded.collate(clips)).values, model.encode(model.collate(clips)).values)
+    ids = [VOCAB.stoi[w] for w in ["seven", "moves", "left", "then", "two", "fades", "in"]]
+    attention = torch.zeros(len(ids), 16)
+    attention[:3, 0:4] = 0.25
+    attention[4:, 8:16] = 0.125
+    attention[3] = 1 / 16
+    out = describe(DecodeResult(ids, -0.7, attention), model, include_attention=True)
+    assert out["caption"] == "seven moves left then two fades in" and out["tokens"][0] == "seven"
+    assert [(a["subject"], a["action"], a["start_s"], a["end_s"]) for a in out["actions"]] == [
+        ("seven", "moves left", 0.0, 0.5), ("two", "fades in", 1.0, 2.0)]  # 8 frames per second
+    assert len(out["attention"]) == 7 and len(out["attention"][0]["frames"]) == 16
+    assert ActionTask().input_cost(clips[0]) == 6
+    with pytest.raises(ValueError, match="not an action artifact"):
+        (tmp_path / "config.json").write_text('{"task": "captioning", "format_version": 1}')
+        load_recognizer(tmp_path)
+
+
+def test_settings_are_checked():
+    assert resolve_settings({"temporal": "none", "stage_widths": "8,16"})["stage_widths"] == [8, 16]
+    with pytest.raises(ValueError, match="unknown action setting"):
+        resolve_settings({"frobnicate": 1})
+    with pytest.raises(ValueError, match="true/false"):
+        resolve_settings({"progress": "maybe"})
+
+
+def test_collate_rejects_mixed_frame_sizes():
+    with pytest.raises(AssertionError):
+        collate_clips([])

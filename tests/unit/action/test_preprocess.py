@@ -1,0 +1,69 @@
+"""Video bytes -> the action model's clip through the shared decoder; bad uploads are 4xx."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmserve.plugins.action.data import action_vocabulary, make_example
+from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig
+from mmserve.plugins.action.preprocess import sampling, video_bytes_to_clip
+from mmserve.plugins.action.task import ActionTask
+from mmserve.plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
+from mmserve.plugins.task import InputLimits
+
+LIMITS = InputLimits(max_upload_bytes=2_000_000, max_pixels=1_000_000, max_frames=64, max_duration_s=10)
+
+
+@pytest.fixture(scope="module")
+def model() -> ActionRecognizer:
+    return ActionRecognizer(ActionConfig(ClipEncoderConfig(stem_width=4, stage_widths=(8,), stage_strides=(2,), frame_dim=8)), action_vocabulary())
+
+
+@pytest.fixture(scope="module")
+def mp4():
+    return make_example(3, fmt="mp4")
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "avi", "gif"])
+def test_every_container_gives_the_clip_at_its_own_pace(model, fmt):
+    example = make_example(3, fmt=fmt)
+    clip = video_bytes_to_clip(example.data, example.content_type, model, LIMITS)
+    assert clip.dtype == torch.uint8 and clip.shape == (example.num_frames, 3, 32, 48)  # 8 fps in, 8 fps out
+    assert ActionTask().input_cost(clip) == example.num_frames
+
+
+def test_sampling_parameters(model, mp4):
+    assert sampling(model) == (None, 8.0)
+    assert sampling(model, {"frames": "12"}) == (12, None)
+    clip = video_bytes_to_clip(mp4.data, "video/mp4", model, LIMITS, {"frames": 10})
+    assert clip.shape[0] == 10
+    clip = video_bytes_to_clip(mp4.data, "video/mp4", model, LIMITS, {"fps": 4})
+    assert clip.shape[0] == -(-mp4.num_frames // 2)
+    with pytest.raises(InputError, match="either frames or fps"):
+        sampling(model, {"frames": 3, "fps": 2})
+    with pytest.raises(InputError, match="integer"):
+        sampling(model, {"frames": "many"})
+
+
+def test_bad_uploads_are_clear_4xx(model, mp4):
+    cases = [
+        (b"", "video/mp4", InputError, "empty"),
+        (mp4.data[: len(mp4.data) // 2], "video/mp4", InputError, None),
+        (b"hello, this is not a video at all", "video/mp4", UnsupportedMediaType, None),
+        (mp4.data, "application/pdf", UnsupportedMediaType, None),
+    ]
+    for data, content_type, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            video_bytes_to_clip(data, content_type, model, LIMITS)
+        assert 400 <= info.value.status_code < 500
+    small = {
+        "max_upload_bytes": ("bytes", InputLimits(max_upload_bytes=1000)),
+        "max_frames": ("frames", InputLimits(max_frames=4)),
+        "max_duration_s": ("s", InputLimits(max_duration_s=0.5)),
+        "max_pixels": ("pixels", InputLimits(max_pixels=100)),
+    }
+    for limit, (word, limits) in small.items():
+        with pytest.raises(PayloadTooLarge, match=word) as info:
+            video_bytes_to_clip(mp4.data, "video/mp4", model, limits)
+        assert info.value.status_code == 413, limit
