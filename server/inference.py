@@ -19,6 +19,7 @@ from mmserve.plugins.nn.decoding import DecodeResult
 from mmserve.plugins.task import Task
 from mmserve.server.engine import TokenCallback
 from mmserve.server.http.errors import ApiError
+from mmserve.server.http.json_limits import JsonLimits
 from mmserve.server.http.params import GenerationParams, to_decode_params
 from mmserve.server.runtime import Runtime, TaskService
 
@@ -45,6 +46,12 @@ class Inference:
     def max_body_bytes(self) -> int:
         """Largest request body: a file at the upload limit, base64-encoded, plus form overhead."""
         return self.settings.max_upload_bytes * 4 // 3 + 64 * 1024
+
+    @property
+    def json_limits(self) -> JsonLimits:
+        """Limits on every JSON body parsed (task routes, v2): bytes and nesting depth."""
+        max_bytes = self.settings.max_json_bytes or self.max_body_bytes
+        return JsonLimits(max_bytes=max_bytes, max_depth=self.settings.max_json_depth)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

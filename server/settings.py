@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     max_pixels: int = Field(16_000_000, ge=1, description="Largest accepted image, width x height (413 above)")
     max_frames: int = Field(512, ge=1, description="Most video frames accepted")
     max_duration_s: float = Field(60.0, gt=0, description="Longest audio/video accepted, seconds")
+    max_json_bytes: int | None = Field(
+        None, ge=2, description="Largest JSON request body, bytes (413 above); unset: the request body limit"
+    )
+    max_json_depth: int = Field(
+        64, ge=2, le=500, description="Most nested JSON arrays/objects in a request (400 above)"
+    )
     max_output_length: int = Field(128, ge=1, le=4096, description="Upper bound for a request's max_length")
     max_beam_size: int = Field(8, ge=1, le=64, description="Upper bound for a request's beam_size")
     request_timeout_s: float = Field(60.0, gt=0, description="A request still unanswered after this gets 504")

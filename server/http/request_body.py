@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from mmserve.server.http.errors import ApiError
+from mmserve.server.http.json_limits import JsonLimitError, JsonLimits, load_json
 from mmserve.server.http.v2_codec import CodecError, decompress_body
 
 
@@ -23,19 +23,20 @@ class TaskInput:
     params: dict[str, Any]
 
 
-async def read_task_input(request: Request, max_body_bytes: int) -> TaskInput:
+async def read_task_input(request: Request, max_body_bytes: int, json_limits: JsonLimits) -> TaskInput:
     """Multipart (`file` + optional fields), JSON (`data` base64 + fields) or a raw body.
 
-    Query parameters are decoding parameters too; body fields win over them.
+    Query parameters are decoding parameters too; body fields win over them. A JSON body is
+    parsed within `json_limits` (size and nesting depth).
     """
     params: dict[str, Any] = dict(request.query_params)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
-        return await _read_compressed(request, params, max_body_bytes)
+        return await _read_compressed(request, params, max_body_bytes, json_limits)
     media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         return await _read_multipart(request, params)
     if media_type == "application/json":
-        return await _read_json(request, params)
+        return await _read_json(request, params, json_limits)
     data = await request.body()
     return TaskInput(data, media_type or None, params)
 
@@ -55,11 +56,11 @@ async def _read_multipart(request: Request, params: dict[str, Any]) -> TaskInput
     return TaskInput(data, upload.content_type, params)
 
 
-async def _read_json(request: Request, params: dict[str, Any]) -> TaskInput:
+async def _read_json(request: Request, params: dict[str, Any], limits: JsonLimits) -> TaskInput:
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        body = load_json(await request.body(), limits)
+    except JsonLimitError as exc:
+        raise ApiError(exc.status_code, str(exc)) from None
     if not isinstance(body, dict):
         raise ApiError(400, "JSON body must be an object with a base64 'data' field")
     encoded = body.pop("data", None)
@@ -77,7 +78,9 @@ async def _read_json(request: Request, params: dict[str, Any]) -> TaskInput:
     return TaskInput(data, content_type, params)
 
 
-async def _read_compressed(request: Request, params: dict[str, Any], max_body_bytes: int) -> TaskInput:
+async def _read_compressed(
+    request: Request, params: dict[str, Any], max_body_bytes: int, json_limits: JsonLimits
+) -> TaskInput:
     # Multipart and JSON parsers read the wire bytes, so a compressed body is inflated first
     # (capped, so a small "zip bomb" is refused) and parsed as if it had been sent plain.
     try:
@@ -95,6 +98,6 @@ async def _read_compressed(request: Request, params: dict[str, Any], max_body_by
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    inner = await read_task_input(Request(scope, receive), max_body_bytes)
+    inner = await read_task_input(Request(scope, receive), max_body_bytes, json_limits)
     inner.params = {**params, **inner.params}
     return inner

@@ -253,7 +253,7 @@ async def _infer(request: Request, inference: Inference, model_name: str, versio
         body = decompress_body(
             await request.body(), request.headers.get("content-encoding"), inference.max_body_bytes
         )
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), inference.json_limits)
         params = _generation_params(parsed.params, inference.settings, service.task)
         outputs = _choose_outputs(service.task, parsed)  # validated before any model work
         input_name, items = _input_items(service.task, parsed)

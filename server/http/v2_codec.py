@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mmserve.server.http.json_limits import InvalidJson, JsonLimitError, JsonLimits, load_json
+
 # v2 datatypes with a fixed-size numpy equivalent. Explicit "<" so the wire stays
 # little-endian whatever the host's byte order. BF16 is absent: numpy has no such type.
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -51,6 +53,8 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 DATATYPES: tuple[str, ...] = (*NUMPY_DTYPES, "BYTES")
 
 _LENGTH_PREFIX = struct.Struct("<I")
+# For callers without settings (tests, clients): no size cap beyond the body's, the default depth.
+DEFAULT_JSON_LIMITS = JsonLimits(max_bytes=2**62, max_depth=64)
 
 
 class CodecError(ValueError):
@@ -119,18 +123,22 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
     return length
 
 
-def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], bytes]:
-    """Split a body into its parsed JSON header and the binary section that follows it."""
+def split_body(
+    body: bytes, header_length: int | None, limits: JsonLimits = DEFAULT_JSON_LIMITS
+) -> tuple[dict[str, Any], bytes]:
+    """Split a body into its parsed JSON header (within `limits`) and the binary section after it."""
     header_bytes = body if header_length is None else body[:header_length]
     try:
-        header = json.loads(header_bytes)
-    except RecursionError:
-        raise CodecError("request header is nested too deeply") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        header = load_json(header_bytes, limits, "request header")
+    except InvalidJson as exc:
         hint = "" if header_length is not None else (
             "; a body with binary tensor data needs the Inference-Header-Content-Length header"
         )
-        raise CodecError(f"request header is not valid JSON: {exc}{hint}") from None
+        raise CodecError(f"{exc}{hint}") from None
+    except JsonLimitError as exc:
+        error = CodecError(str(exc))
+        error.status_code = exc.status_code  # 413 for size, 400 for depth
+        raise error from None
     if not isinstance(header, dict):
         raise CodecError("request header must be a JSON object")
     return header, b"" if header_length is None else body[header_length:]
@@ -162,9 +170,11 @@ def slice_binary_section(sizes: Sequence[int | None], binary: bytes) -> list[byt
     return chunks
 
 
-def parse_infer_request(body: bytes, header_length_value: str | None) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length_value: str | None, limits: JsonLimits = DEFAULT_JSON_LIMITS
+) -> InferRequest:
     """Parse an infer request body: JSON header, binary section cut per input, parameters."""
-    header, binary = split_body(body, parse_header_length(header_length_value, len(body)))
+    header, binary = split_body(body, parse_header_length(header_length_value, len(body)), limits)
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise CodecError("the request needs a non-empty 'inputs' list")
