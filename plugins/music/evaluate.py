@@ -106,8 +106,16 @@ def evaluate_artifact(
     and the logistic baseline; prints the table to stderr, logs and (optionally) writes metrics.json."""
     artifact_dir = Path(artifact_dir)
     model = load_music_model(artifact_dir, torch.device(device))
+    if model.trained_for == "harmony":
+        metrics = {"harmony_test_nll": harmony_nll(model, "test", progress)}
+        print(f"JSB 16th-note test split: NLL of alto/tenor/bass given the soprano, nats per step: "
+              f"{metrics['harmony_test_nll']:.3f}", file=sys.stderr)  # fmt: skip
+        logger.log_metrics(metrics)
+        if update_metrics:
+            write_metrics(artifact_dir, {**read_metrics(artifact_dir), **metrics})
+        return metrics
     data = load_quarter()
-    metrics: dict[str, float] = {}
+    metrics = {}
     metrics["test_nll"] = nll_per_step(model, data["test"], progress=progress)
     metrics["test_steps"] = float(sum(len(p) for p in data["test"]))
     bernoulli_dir = artifact_dir / "bernoulli" if (artifact_dir / "bernoulli").is_dir() else BUNDLED_BERNOULLI
@@ -125,3 +133,42 @@ def evaluate_artifact(
     if update_metrics:
         write_metrics(artifact_dir, {**read_metrics(artifact_dir), **metrics})
     return metrics
+
+
+@torch.no_grad()
+def generation_speed(model: MusicModel, concurrency: int, steps: int = 64, seed: int = 0) -> float:
+    """Time steps generated per second (all rows together) when `concurrency` pieces are sampled
+    side by side in one decoding batch from the null memory, each for `steps` steps."""
+    import time
+
+    from mmserve.plugins.nn.search import sample_decode
+
+    model.eval()
+    items = [(torch.zeros(0, NUM_PITCHES), steps)] * concurrency
+    memory = model.encode(model.collate(items))
+    started = time.perf_counter()
+    results = sample_decode(model, memory, steps * 20, 1.0, generator=torch.Generator().manual_seed(seed))
+    elapsed = time.perf_counter() - started
+    assert all(r.finished for r in results), "a row did not reach its step budget"
+    return concurrency * steps / elapsed
+
+
+def main() -> None:
+    """`python -m mmserve.plugins.music.evaluate --speed [--model-dir DIR]`: generation speed at c=1 and c=8."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model-dir", type=Path, default=BUNDLED_BERNOULLI.parent)
+    parser.add_argument("--speed", action="store_true", help="time steps per second at concurrency 1 and 8")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_music_model(args.model_dir)
+    if args.speed:
+        generation_speed(model, 1, 4)  # warm-up
+        for concurrency in (1, 8):
+            print(f"c={concurrency}: {generation_speed(model, concurrency):.1f} time steps/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,12 +16,14 @@ import copy
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from mmserve.plugins.artifacts import load_weights
 from mmserve.plugins.music.checkpoint import save_music_model, write_metrics
 from mmserve.plugins.music.data import (
     ContinuationSampler,
@@ -68,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "patience": 6,  # epochs without validation improvement before halving the lr
     "stop_after": 15,  # epochs without validation improvement before stopping
     "time_budget_minutes": 35.0,
+    "init_from": "",  # an artifact directory to continue from (same architecture), e.g. a run cut off by its budget
     # run
     "num_threads": 1,  # torch CPU threads (the machine is shared)
     "fp16": False,
@@ -143,6 +146,9 @@ def train_music(options: TrainOptions, logger: RunLogger) -> TrainResult:
     rng = random.Random(options.seed)
     device = torch.device(options.device)
     model = build_model(s).to(device)
+    if s["init_from"]:
+        # Continue a run: same architecture (the settings above), weights from its artifact.
+        load_weights(Path(s["init_from"]), model)
     if s["data"] == "quarter":
         data = load_quarter()
         sampler: ContinuationSampler | HarmonySampler = ContinuationSampler(
