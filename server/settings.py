@@ -165,10 +165,19 @@ class Settings(BaseSettings):
         description="torch intra-op CPU threads per process (0 = torch's default, one per core). "
         "1 keeps the engine and preprocessing threads from oversubscribing the cores",
     )
+    # API keys: off when none is configured. repr=False so settings never print a key.
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False, description="API keys (MMSERVE_API_KEYS=k1,k2); empty: no auth"
+    )
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one per line (# comments)")
+    auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/v2/health", "/metrics", "/docs", "/openapi.json"],
+        description="Paths (and everything under them) open without a key when keys are on",
+    )
     tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per-task settings by task name")
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster and ingress (backend: ray)")
 
-    @field_validator("plugins", "plugin_modules", mode="before")
+    @field_validator("plugins", "plugin_modules", "api_keys", "auth_exempt_paths", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

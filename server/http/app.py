@@ -11,8 +11,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mmserve.server import __version__
+from mmserve.server.http.auth import ApiKeyAuth, load_api_keys
 from mmserve.server.http.body_limit import BodySizeLimit
 from mmserve.server.http.errors import install_error_handlers
+from mmserve.server.http.openapi import install_openapi
 from mmserve.server.http.routes_openai import add_openai_routes
 from mmserve.server.http.routes_tasks import add_task_routes
 from mmserve.server.http.routes_v2 import add_v2_routes
@@ -58,13 +60,23 @@ def create_app(
     _add_meta_routes(app, inference)
     # The exact per-file limit is enforced again on the decoded bytes by the task's preprocess.
     app.add_middleware(BodySizeLimit, max_body_bytes=inference.max_body_bytes)
+    api_keys = load_api_keys(settings)  # before serving: a bad key file stops the start
+    if api_keys:  # added last, so it runs first: no body is read for an unauthenticated request
+        app.add_middleware(ApiKeyAuth, keys=api_keys, exempt_paths=settings.auth_exempt_paths)
+    install_openapi(app, auth_on=bool(api_keys), exempt_paths=settings.auth_exempt_paths)
     return app
 
 
 def _add_meta_routes(app: FastAPI, inference: Inference) -> None:
     runtime = inference.runtime
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get(
+        "/metrics",
+        tags=["meta"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -31,7 +31,8 @@ from mmserve.server.settings import Settings, resolved_settings
 log = logging.getLogger(__name__)
 
 # Settings that the document states elsewhere (http_options) or that mean nothing in-cluster.
-NOT_PASSED_TO_APP = {"host", "port", "backend"}
+# Secrets never go into the written document: the cluster supplies MMSERVE_API_KEYS or a key file.
+NOT_PASSED_TO_APP = {"host", "port", "backend", "api_keys"}
 
 
 class ServeConfigError(ValueError):
