@@ -255,7 +255,7 @@ def build_cache(cache_dir: Path | None = None, sizes: dict[str, int] | None = No
     sizes = {**SPLIT_SIZES, **(sizes or {})}
     texts = split_texts(sizes)
     for split in ("test", "val", "train"):
-        build_split(cache_dir / f"{sizes[split]}", split, texts[split], workers, progress)
+        build_split(split_dir(cache_dir, split, sizes).parent, split, texts[split], workers, progress)
     return cache_dir
 
 
@@ -283,5 +283,8 @@ class SpeechClips:
             yield self.wave(i), self.text(i)
 
 
-def split_dir(cache_dir: Path, split: str, size: int) -> Path:
-    return Path(cache_dir) / f"{size}" / split
+def split_dir(cache_dir: Path, split: str, sizes: dict[str, int]) -> Path:
+    """Where a split lives: val and test sentences exclude the training ones, so their folder
+    names the training size too."""
+    key = f"{sizes['train']}" if split == "train" else f"{sizes[split]}-of-{sizes['train']}"
+    return Path(cache_dir) / key / split

@@ -21,7 +21,7 @@ from mmserve.plugins.speech.model import ListenAttendSpell, SpeechBatch
 from mmserve.plugins.speech.text import decode_chars, normalize_text
 from mmserve.plugins.tracking import RunLogger
 
-BEAM_SIZE = 8
+BEAM_SIZE = 4
 LENGTH_PENALTY = 0.6  # GNMT alpha: without it beam search favours short transcripts
 MAX_LENGTH = 200
 
@@ -99,7 +99,7 @@ def evaluate_artifact(
     training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
     sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
     cache = build_cache(Path(training.get("data_dir") or default_cache_dir()), sizes, progress=progress)
-    clips = SpeechClips(split_dir(cache, "test", sizes["test"]))
+    clips = SpeechClips(split_dir(cache, "test", sizes))
     featurizer = LogMel(model.config.features)
     features = [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))]
     texts = [clips.text(i) for i in range(len(clips))]
@@ -116,7 +116,7 @@ def evaluate_artifact(
     limit = min(pocketsphinx_clips, len(clips))
     if limit > 0:
         try:
-            sphinx = _pocketsphinx_cached(clips, split_dir(cache, "test", sizes["test"]) / "pocketsphinx.json", limit, progress)
+            sphinx = _pocketsphinx_cached(clips, split_dir(cache, "test", sizes) / "pocketsphinx.json", limit, progress)
         except ImportError:
             sphinx = None  # optional dependency: `pip install mmserve[eval]`
         if sphinx is not None:

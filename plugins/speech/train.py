@@ -181,12 +181,12 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     torch.manual_seed(options.seed)
     rng = random.Random(options.seed)
     device = torch.device(options.device)
-    cache = build_cache(s["data_dir"] or default_cache_dir(), {"train": s["train_clips"], "val": s["val_clips"],
-                        "test": s["test_clips"]}, s["data_workers"], s["progress"])  # fmt: skip
+    sizes = {"train": s["train_clips"], "val": s["val_clips"], "test": s["test_clips"]}
+    cache = build_cache(s["data_dir"] or default_cache_dir(), sizes, s["data_workers"], s["progress"])
     model = build_model(s).to(device)
     featurizer = LogMel(model.config.features)
-    train_clips = SpeechClips(split_dir(cache, "train", s["train_clips"]))
-    val_clips = SpeechClips(split_dir(cache, "val", s["val_clips"]))
+    train_clips = SpeechClips(split_dir(cache, "train", sizes))
+    val_clips = SpeechClips(split_dir(cache, "val", sizes))
     train_x = featurize(train_clips, featurizer, s["progress"], "features train")
     val_x = featurize(val_clips, featurizer, s["progress"], "features val")
     train_y = [encode_chars(model.vocab, train_clips.text(i)) for i in range(len(train_clips))]
