@@ -27,6 +27,7 @@ from mmserve.plugins.nn.heads import CategoricalHead
 from mmserve.plugins.nn.vocab import Vocabulary
 
 TEMPORAL = ("bigru", "bilstm", "none")
+SUBJECT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @dataclass
@@ -135,6 +136,11 @@ class ClipEncoder(nn.Module):
                            bidirectional=True)  # fmt: skip
 
     def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        features, mask = self.frame_features(batch)
+        return self.temporal(features, mask, batch.lengths)
+
+    def frame_features(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame CNN features [B, T, F] (zeros on padding) and the mask [B, T]."""
         frames, lengths = batch.frames, batch.lengths
         c = self.config
         assert frames.dim() == 5 and tuple(frames.shape[2:]) == (3, *c.frame_size), (
@@ -147,6 +153,11 @@ class ClipEncoder(nn.Module):
         real = frames[mask].float().div_(255.0).sub_(c.mean).div_(c.std)  # only real frames reach the CNN
         features = frames.new_zeros(batch_size, steps, c.frame_dim, dtype=real.dtype)
         features[mask] = self.cnn(real)  # [B, T, F]
+        return features, mask
+
+    def temporal(self, features: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame features [B, T, F] -> memory values [B, N, D] and mask [B, N]."""
+        batch_size, steps = mask.shape
         if self.rnn is None:
             weights = mask.unsqueeze(-1).to(features.dtype)
             pooled = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)  # [B, 1, F]
@@ -177,6 +188,11 @@ class ActionRecognizer(EncoderDecoder):
         self.head = CategoricalHead(self.bos_id, self.eos_id)
         self.encoder = ClipEncoder(config.encoder)
         self.decoder = AttentionDecoder(decoder)
+        # Training-only auxiliary head: which subjects appear in the clip, from the frame
+        # features max-pooled over time. It hands the CNN a direct "what digit is this" signal;
+        # through the BiGRU and attention alone the first runs learned no digit identity.
+        self.subjects = [i for i, w in enumerate(vocab.itos) if w in SUBJECT_WORDS]
+        self.presence = nn.Linear(config.encoder.frame_dim, len(self.subjects)) if self.subjects else None
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -203,6 +219,24 @@ class ActionRecognizer(EncoderDecoder):
     def forward(self, batch: ClipBatch, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: inputs [B, L] -> logits [B, L, V], attention [B, L, N]."""
         return self.decoder.forward_teacher(self.encode(batch), inputs)
+
+    def forward_train(
+        self, batch: ClipBatch, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Teacher forcing plus the presence logits [B, S] (None without subject words)."""
+        features, mask = self.encoder.frame_features(batch)
+        values, memory_mask = self.encoder.temporal(features, mask, batch.lengths)
+        logits, attention = self.decoder.forward_teacher(self.decoder.prepare_memory(values, memory_mask), inputs)
+        presence = None
+        if self.presence is not None:
+            pooled = features.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)  # [B, F]
+            presence = self.presence(pooled)
+        return logits, attention, presence
+
+    def presence_targets(self, captions: torch.Tensor) -> torch.Tensor:
+        """Multi-hot [B, S] of the subject words in captions [B, L]."""
+        ids = torch.tensor(self.subjects, device=captions.device)
+        return (captions.unsqueeze(-1) == ids).any(dim=1).float()
 
     def frame_attention(self, attention: torch.Tensor, length: int) -> torch.Tensor:
         """Attention rows [L, N] of one clip -> weights over its frames [L, length]."""

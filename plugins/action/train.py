@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -49,7 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "attn_dim": 64,
     "dropout": 0.1,
     # optimisation
-    "attention_supervision": 0.5,  # weight of the attention-on-true-span term (0: off)
+    "attention_supervision": 0.5,
+    "presence_weight": 1.0,  # auxiliary "which subjects appear" loss on the frame features (0: off)  # weight of the attention-on-true-span term (0: off)
     "weight_decay": 1e-5,
     "grad_clip": 5.0,
     "warmup_steps": 100,
@@ -153,8 +155,11 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
         bar = tqdm(loader, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
         for clips, captions, spans in bar:
             clips, captions = clips.to(device), captions.to(device)  # [B, T, 3, H, W] + lengths, [B, L+1]
-            logits, attention = model(clips, captions[:, :-1])  # predict token t+1 from tokens <= t
+            logits, attention, presence = model.forward_train(clips, captions[:, :-1])  # token t+1 from tokens <= t
             loss, ce = action_loss(logits, captions[:, 1:], attention, vocab.pad_id, spans, s["attention_supervision"])
+            if presence is not None and s["presence_weight"] > 0:
+                targets = model.presence_targets(captions)
+                loss = loss + s["presence_weight"] * F.binary_cross_entropy_with_logits(presence, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
