@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from mmserve.plugins.action.model import ActionConfig, ActionRecognizer
-from mmserve.plugins.artifacts import load_weights, read_config, save_model_artifacts
+from mmserve.plugins.artifacts import WEIGHTS_FILE, load_weights, read_config, save_model_artifacts
 from mmserve.plugins.nn.vocab import Vocabulary
 
 TASK = "action"
@@ -35,6 +35,12 @@ def load_recognizer(artifact_dir: Path, device: torch.device | str = "cpu") -> A
     vocab_path = artifact_dir / VOCAB_FILE
     if not vocab_path.is_file():
         raise FileNotFoundError(f"model artifact {artifact_dir} has no {VOCAB_FILE}")
-    model = ActionRecognizer(ActionConfig.from_dict(config), Vocabulary.load(vocab_path))
+    model_config = ActionConfig.from_dict(config)
+    if "presence_head" not in config:  # artifacts written before the flag existed: read it off the weights
+        from safetensors import safe_open
+
+        with safe_open(str(artifact_dir / WEIGHTS_FILE), "pt") as weights:
+            model_config.presence_head = "presence.weight" in set(weights.keys())
+    model = ActionRecognizer(model_config, Vocabulary.load(vocab_path))
     load_weights(artifact_dir, model)
     return model.to(torch.device(device)).eval()

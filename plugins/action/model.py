@@ -71,15 +71,17 @@ class ActionConfig:
     encoder: ClipEncoderConfig = field(default_factory=ClipEncoderConfig)
     decoder: DecoderConfig | None = None  # vocab_size / memory_dim filled in by ActionRecognizer
     mode: str = "sequence"  # sequence: "seven moves left then ..." | label: one class token
+    presence_head: bool = False  # the training-only subject-presence head (see ActionRecognizer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoder": asdict(self.encoder), "decoder": self.decoder.to_dict() if self.decoder else None,
-                "mode": self.mode}  # fmt: skip
+                "mode": self.mode, "presence_head": self.presence_head}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ActionConfig:
         decoder = DecoderConfig(**data["decoder"]) if data.get("decoder") else None
-        return cls(encoder=ClipEncoderConfig(**data["encoder"]), decoder=decoder, mode=data.get("mode", "sequence"))
+        return cls(encoder=ClipEncoderConfig(**data["encoder"]), decoder=decoder, mode=data.get("mode", "sequence"),
+                   presence_head=bool(data.get("presence_head", False)))  # fmt: skip
 
 
 class FrameCNN(nn.Module):
@@ -182,7 +184,8 @@ class ActionRecognizer(EncoderDecoder):
         assert decoder.memory_dim == memory_dim, f"decoder memory_dim {decoder.memory_dim} != encoder's {memory_dim}"
         assert decoder.output_kind == "categorical", "actions are token ids: output_kind must be categorical"
         assert config.mode in ("sequence", "label"), f"mode must be sequence or label, got {config.mode!r}"
-        self.config = ActionConfig(encoder=config.encoder, decoder=decoder, mode=config.mode)
+        self.config = ActionConfig(encoder=config.encoder, decoder=decoder, mode=config.mode,
+                                   presence_head=config.presence_head)  # fmt: skip
         self.vocab = vocab
         self.bos_id, self.eos_id, self.pad_id = vocab.bos_id, vocab.eos_id, vocab.pad_id
         self.head = CategoricalHead(self.bos_id, self.eos_id)
@@ -192,7 +195,8 @@ class ActionRecognizer(EncoderDecoder):
         # features max-pooled over time. It hands the CNN a direct "what digit is this" signal;
         # through the BiGRU and attention alone the first runs learned no digit identity.
         self.subjects = [i for i, w in enumerate(vocab.itos) if w in SUBJECT_WORDS]
-        self.presence = nn.Linear(config.encoder.frame_dim, len(self.subjects)) if self.subjects else None
+        use = config.presence_head and bool(self.subjects)
+        self.presence = nn.Linear(config.encoder.frame_dim, len(self.subjects)) if use else None
 
     @property
     def frame_size(self) -> tuple[int, int]:

@@ -109,7 +109,7 @@ def build_model(settings: dict[str, Any], vocab: Vocabulary, mode: str = "sequen
         dropout=settings["dropout"],
         attention=settings["attention"],
     )
-    return ActionRecognizer(ActionConfig(encoder, decoder, mode), vocab)
+    return ActionRecognizer(ActionConfig(encoder, decoder, mode, presence_head=settings["presence_weight"] > 0), vocab)
 
 
 def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
