@@ -38,6 +38,16 @@ class Memory:
         """Rows `index` of every field (index is a 1-D LongTensor)."""
         return Memory(**{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
 
+    def trim(self) -> Memory:
+        """Drop trailing positions no row uses: after the longest input leaves a batch, the
+        others stop paying for its padding. Other fields (a subclass's) are kept as they are."""
+        used = self.mask.any(dim=0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        if length >= self.mask.shape[1]:
+            return self
+        keys = None if self.keys is None else self.keys[:, :length]
+        return replace(self, values=self.values[:, :length], mask=self.mask[:, :length], keys=keys)
+
     @staticmethod
     def concat(memories: list[Memory]) -> Memory:
         """Stack memories of different lengths N into one batch, padding and masking the tail."""

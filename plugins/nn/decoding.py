@@ -179,7 +179,7 @@ class DecodingBatch:
             return
         keep = np.flatnonzero(self.alive)
         index = torch.from_numpy(keep).to(self.prev.device)
-        self.memory = self.memory.select(index)
+        self.memory = self.memory.select(index).trim()
         self.state = select_state(self.state, index)
         self.prev, self.sampling = self.prev[index], self.sampling.select(index)
         self.history, self.lengths, self.scores = self.history[keep], self.lengths[keep], self.scores[keep]

@@ -36,6 +36,7 @@ from mmserve.server.settings import Settings, resolved_settings
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+QUIET_LOGGING = {"enable_access_log": False}
 
 
 @serve.ingress()
@@ -61,12 +62,14 @@ def build_app(args: dict[str, Any]) -> Application:
     # an absolute data_dir, because a replica's working directory is not the builder's.
     resolved = settings.model_dump(mode="json")
     resolved["data_dir"] = str(settings.data_dir.expanduser().resolve())
-    task_deployment = serve.deployment(TaskReplica)
+    # Serve's access log writes a line per request in the ingress and again in the replica;
+    # under load that costs more CPU than the routing itself, and /metrics counts requests.
+    task_deployment = serve.deployment(TaskReplica, logging_config=QUIET_LOGGING)
     handles = {
         task: task_deployment.options(**task_deployment_options(task, settings.task(task))).bind(task, resolved)
         for task in discover_task_names(settings)
     }
-    ingress = serve.deployment(Ingress).options(**ingress_deployment_options(settings))
+    ingress = serve.deployment(Ingress, logging_config=QUIET_LOGGING).options(**ingress_deployment_options(settings))
     return ingress.bind(resolved, handles)
 
 

@@ -206,3 +206,12 @@ def test_teacher_forcing_matches_step_by_step():
         step_logits, state, weights = model.step(inputs[:, t], state, memory)
         torch.testing.assert_close(step_logits, logits[:, t])
         torch.testing.assert_close(weights, attention[:, t])
+
+
+def test_memory_trim_drops_padding_no_row_uses():
+    joined = Memory.concat([_padded_memory([2]), _padded_memory([7]), _padded_memory([3])])
+    assert joined.values.shape[1] == 7
+    trimmed = joined.select(torch.tensor([0, 2])).trim()
+    assert trimmed.values.shape == (2, 3, 16) and trimmed.mask.sum(dim=1).tolist() == [2, 3]
+    torch.testing.assert_close(trimmed.values, joined.values[[0, 2], :3])
+    assert joined.trim() is joined  # nothing to drop
