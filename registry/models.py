@@ -153,6 +153,10 @@ class ModelRegistry:
             out.append({"name": model.name, "versions": sorted(versions, key=lambda v: int(v["version"]))})
         return out
 
+    def current_version(self, task: str, alias: str) -> str:
+        """The version `task@alias` points at in MLflow now (raises when MLflow cannot say)."""
+        return str(self.client.get_model_version_by_alias(task, alias).version)
+
     def resolve(self, task: str, alias: str) -> ResolvedModel:
         """Local path of `models:/<task>@<alias>`, downloading it once; falls back to the cache."""
         try:

@@ -21,7 +21,8 @@ from mmserve.server.engine import TokenCallback
 from mmserve.server.http.errors import ApiError
 from mmserve.server.http.json_limits import JsonLimits
 from mmserve.server.http.params import GenerationParams, to_decode_params
-from mmserve.server.runtime import Runtime, TaskService
+from mmserve.server.model_updates import ModelUpdater
+from mmserve.server.runtime import LoadedModel, Runtime, TaskService
 
 
 class ClientDisconnected(Exception):
@@ -33,14 +34,27 @@ class Inference:
         self.runtime = runtime
         self.settings = runtime.settings
         self.executor = ThreadPoolExecutor(self.settings.preprocess_threads, thread_name_prefix="preprocess")
+        self.updater = ModelUpdater(runtime, self.settings.model_poll_interval_s)
 
     async def start(self) -> None:
-        """Load every task's model (at app startup; failures stay per task)."""
+        """Load every task's model (at app startup; failures stay per task), then follow aliases."""
         await asyncio.to_thread(self.runtime.load_all)
+        self.updater.start()
 
     async def stop(self) -> None:
+        await self.updater.stop()
         self.runtime.stop()
         self.shutdown()
+
+    async def load_model(self, task: str) -> dict[str, Any]:
+        """Load the version the task's alias points at now and switch to it (model repository API)."""
+        outcome = await self.updater.update(task)
+        return {"name": task, "version": outcome.version, "previous_version": outcome.previous,
+                "switched": outcome.switched}
+
+    async def unload_model(self, task: str) -> None:
+        """Stop serving `task` (503 until loaded again); requests in flight finish first."""
+        self.runtime.services[task].unload()
 
     @property
     def max_body_bytes(self) -> int:
@@ -66,6 +80,7 @@ class Inference:
             "plugin": service.plugin,
             "status": service.status,
             "error": service.error,
+            "update_error": service.update_error,
             "model": {
                 "version": service.version,
                 "alias": service.resolved.alias if service.resolved else None,
@@ -87,17 +102,18 @@ class Inference:
         return service
 
     async def preprocess(
-        self, service: TaskService, data: bytes, content_type: str | None, params: GenerationParams
+        self, service: TaskService, loaded: LoadedModel, data: bytes, content_type: str | None, params: GenerationParams
     ) -> Any:
         loop = asyncio.get_running_loop()
         limits = self.settings.task_input_limits(service.name)
-        task, model = service.task, service.model
+        task, model = service.task, loaded.model
         work = functools.partial(task.preprocess, data, content_type, model, limits, **task_options(task, params))
         return await loop.run_in_executor(self.executor, work)
 
     async def decode(
         self,
         service: TaskService,
+        loaded: LoadedModel,
         inputs: Any,
         params: GenerationParams,
         request: Request | None = None,
@@ -107,7 +123,7 @@ class Inference:
         decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
         if service.task.keeps_attention:
             decode_params = dataclasses.replace(decode_params, keep_attention=True)
-        generation = asyncio.ensure_future(service.engine.generate(inputs, decode_params, on_token))
+        generation = asyncio.ensure_future(loaded.engine.generate(inputs, decode_params, on_token))
         try:
             return await await_or_abandon(generation, request, self.settings.request_timeout_s, generation.cancel)
         except TimeoutError:
@@ -115,10 +131,12 @@ class Inference:
                 504, f"task {service.name!r} did not answer within {self.settings.request_timeout_s:g} s"
             ) from None
 
-    def postprocess(self, service: TaskService, result: DecodeResult, params: GenerationParams) -> dict[str, Any]:
+    def postprocess(
+        self, service: TaskService, loaded: LoadedModel, result: DecodeResult, params: GenerationParams
+    ) -> dict[str, Any]:
         task = service.task
-        output = task.postprocess(result, service.model, params.attention, **task_options(task, params))
-        output["model"] = {"name": service.name, "version": service.version}
+        output = task.postprocess(result, loaded.model, params.attention, **task_options(task, params))
+        output["model"] = {"name": service.name, "version": loaded.version}  # the version that produced it
         return output
 
     async def run(
@@ -129,11 +147,12 @@ class Inference:
         params: GenerationParams,
         request: Request | None = None,
     ) -> dict[str, Any]:
-        """The JSON result for one input."""
+        """The JSON result for one input, all of it from the version serving when it arrived."""
         service = self.service(task)
-        inputs = await self.preprocess(service, data, content_type, params)
-        result = await self.decode(service, inputs, params, request)
-        return self.postprocess(service, result, params)
+        with service.loaded.lease() as loaded:
+            inputs = await self.preprocess(service, loaded, data, content_type, params)
+            result = await self.decode(service, loaded, inputs, params, request)
+            return self.postprocess(service, loaded, result, params)
 
     async def open_stream(
         self, task: str, data: bytes, content_type: str | None, params: GenerationParams
@@ -141,27 +160,33 @@ class Inference:
         """Validate and preprocess now (so bad input is still a 4xx), then return an iterator
         of ("token", {...}) events and a final ("result", {...}) or ("error", {...})."""
         service = self.service(task)
-        inputs = await self.preprocess(service, data, content_type, params)
-        return self._stream(service, inputs, params)
+        loaded = service.loaded
+        loaded.acquire()  # returned when the stream ends (the generator's finally)
+        try:
+            inputs = await self.preprocess(service, loaded, data, content_type, params)
+        except BaseException:
+            loaded.release()
+            raise
+        return self._stream(service, loaded, inputs, params)
 
     async def _stream(
-        self, service: TaskService, inputs: Any, params: GenerationParams
+        self, service: TaskService, loaded: LoadedModel, inputs: Any, params: GenerationParams
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         tokens: asyncio.Queue[int] = asyncio.Queue()
-        generation = asyncio.ensure_future(self.decode(service, inputs, params, None, tokens.put_nowait))
+        generation = asyncio.ensure_future(self.decode(service, loaded, inputs, params, None, tokens.put_nowait))
         index = 0
         try:
             while True:
                 getter = asyncio.ensure_future(tokens.get())
                 done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield "token", {"index": index, "token": service.task.token_text(getter.result(), service.model)}
+                    yield "token", {"index": index, "token": service.task.token_text(getter.result(), loaded.model)}
                     index += 1
                     continue
                 getter.cancel()
                 while not tokens.empty():  # tokens that arrived together with the final result
                     token = tokens.get_nowait()
-                    yield "token", {"index": index, "token": service.task.token_text(token, service.model)}
+                    yield "token", {"index": index, "token": service.task.token_text(token, loaded.model)}
                     index += 1
                 try:
                     result = generation.result()
@@ -171,11 +196,12 @@ class Inference:
                 except Exception as exc:
                     yield "error", {"error": f"{type(exc).__name__}: {exc}", "status": 500}
                     return
-                yield "result", self.postprocess(service, result, params)
+                yield "result", self.postprocess(service, loaded, result, params)
                 return
         finally:
             # A client that disconnects mid-stream closes this generator: free its decode slot.
             generation.cancel()
+            loaded.release()
 
 
 def task_options(task: Task, params: GenerationParams) -> dict[str, Any]:

@@ -7,6 +7,9 @@ failed with the reason, so readiness endpoints tell the truth while the other ta
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,18 +32,80 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class LoadedModel:
+    """One model version in service: its model, engine and origin, swapped into a task whole.
+
+    Requests hold a lease for their whole life (preprocess, decode, postprocess), so a request
+    finishes on the version it started with. A retired version's engine stops once its last
+    lease is returned: in-flight requests finish, none is refused.
+    """
+
+    def __init__(self, model: EncoderDecoder, resolved: ResolvedModel, engine: TaskEngine, device: str):
+        self.model, self.resolved, self.engine, self.device = model, resolved, engine, device
+        self._lock = threading.Lock()
+        self._leases = 0
+        self._retired = False
+        self.stopped = threading.Event()  # set once the engine has stopped
+
+    @property
+    def version(self) -> str:
+        return self.resolved.version
+
+    @contextmanager
+    def lease(self) -> Iterator[LoadedModel]:
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._leases += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._leases -= 1
+            last = self._retired and self._leases == 0
+        if last:
+            self._stop_engine()
+
+    def retire(self) -> None:
+        """Take no new leases' work (the task points elsewhere); stop once the last one returns."""
+        with self._lock:
+            self._retired = True
+            idle = self._leases == 0
+        if idle:
+            self._stop_engine()
+
+    def _stop_engine(self) -> None:
+        # stop() joins the worker threads; never block the event loop on it.
+        def stop() -> None:
+            self.engine.stop()
+            self.stopped.set()
+            log.info("stopped %s version %s", self.engine.task, self.version)
+
+        threading.Thread(target=stop, name=f"retire-{self.engine.task}", daemon=True).start()
+
+
 @dataclass
 class TaskService:
-    """One task as served: its plugin, model version, engine and health."""
+    """One task as served: its plugin, model version, engine and health.
+
+    `loaded` is the version requests use; `model`, `resolved`, `engine` and `device` mirror it
+    for reporting (the Ray ingress sets them from its replicas, with no `loaded` of its own).
+    """
 
     task: Task
     plugin: str
-    status: Literal["loading", "ready", "failed"] = "loading"
+    status: Literal["loading", "ready", "failed", "unloaded"] = "loading"
     error: str | None = None
     model: EncoderDecoder | None = None
     resolved: ResolvedModel | None = None
     engine: TaskEngine | None = None
     device: str = "cpu"
+    loaded: LoadedModel | None = None
+    update_error: str | None = None  # why the last model update failed (the old version serves on)
 
     @property
     def name(self) -> str:
@@ -53,6 +118,21 @@ class TaskService:
     @property
     def ready(self) -> bool:
         return self.status == "ready"
+
+    def install(self, loaded: LoadedModel) -> LoadedModel | None:
+        """Point the task at `loaded` in one step and return the version it replaced (not retired)."""
+        previous, self.loaded = self.loaded, loaded
+        self.model, self.resolved, self.engine, self.device = loaded.model, loaded.resolved, loaded.engine, loaded.device
+        self.status, self.error, self.update_error = "ready", None, None
+        return previous
+
+    def unload(self) -> None:
+        """Serve nothing (503 until loaded again); in-flight requests finish first."""
+        previous, self.loaded = self.loaded, None
+        self.model, self.engine = None, None
+        self.status, self.error = "unloaded", "unloaded through the model repository API"
+        if previous is not None:
+            previous.retire()
 
 
 @dataclass
@@ -83,35 +163,39 @@ class Runtime:
 
     def load(self, service: TaskService, device: torch.device | None = None) -> None:
         """Load `service`'s model on `device` (default: from its settings) and start its engine."""
-        task_settings = self.settings.task(service.name)
         try:
             if self.settings.register_bundled:
-                self.registry.ensure_bundled(service.name, service.task.bundled_artifacts(), task_settings.alias)
-            service.resolved = self.registry.resolve(service.name, task_settings.alias)
-            device = device or resolve_device(task_settings.device)
-            service.model = service.task.load_model(service.resolved.path, device)
-            service.device = str(device)
-            service.engine = TaskEngine(
-                service.name,
-                service.model,
-                task_settings.engine_config(),
-                self.metrics,
-                device,
-                input_cost=service.task.input_cost,
-            ).start()
-            service.status, service.error = "ready", None
-            log.info(
-                "task %s serving version %s from %s on %s",
-                service.name,
-                service.version,
-                "local cache" if service.resolved.from_cache else "MLflow",
-                device,
-            )
+                alias = self.settings.task(service.name).alias
+                self.registry.ensure_bundled(service.name, service.task.bundled_artifacts(), alias)
+            previous = service.install(self.prepare(service, device))
+            if previous is not None:
+                previous.retire()
         except Exception as exc:
             service.status, service.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("task %s failed to load its model", service.name)
 
+    def prepare(self, service: TaskService, device: torch.device | None = None) -> LoadedModel:
+        """Resolve the task's alias now, load that version and start its engine, beside whatever
+        the task serves (nothing is switched; `service.install` does that)."""
+        task_settings = self.settings.task(service.name)
+        resolved = self.registry.resolve(service.name, task_settings.alias)
+        device = device or resolve_device(task_settings.device)
+        model = service.task.load_model(resolved.path, device)
+        engine = TaskEngine(
+            service.name, model, task_settings.engine_config(), self.metrics, device, input_cost=service.task.input_cost
+        ).start()
+        log.info(
+            "task %s loaded version %s from %s on %s",
+            service.name,
+            resolved.version,
+            "local cache" if resolved.from_cache else "MLflow",
+            device,
+        )
+        return LoadedModel(model, resolved, engine, str(device))
+
     def stop(self) -> None:
         for service in self.services.values():
-            if service.engine is not None:
+            if service.loaded is not None:
+                service.loaded.engine.stop()
+            elif service.engine is not None:
                 service.engine.stop()

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     max_output_length: int = Field(128, ge=1, le=4096, description="Upper bound for a request's max_length")
     max_beam_size: int = Field(8, ge=1, le=64, description="Upper bound for a request's beam_size")
     request_timeout_s: float = Field(60.0, gt=0, description="A request still unanswered after this gets 504")
+    model_poll_interval_s: float = Field(
+        30.0, ge=0, description="How often to check MLflow for moved aliases and switch versions; 0 = never"
+    )
     preprocess_threads: int = Field(4, ge=1, le=256, description="Worker threads decoding uploads")
     torch_threads: int = Field(
         1,

@@ -16,6 +16,7 @@ from mmserve.server.http.body_limit import BodySizeLimit
 from mmserve.server.http.errors import install_error_handlers
 from mmserve.server.http.openapi import install_openapi
 from mmserve.server.http.routes_openai import add_openai_routes
+from mmserve.server.http.routes_repository import add_repository_routes
 from mmserve.server.http.routes_tasks import add_task_routes
 from mmserve.server.http.routes_v2 import add_v2_routes
 from mmserve.server.inference import Inference
@@ -56,6 +57,7 @@ def create_app(
     install_error_handlers(app)
     add_task_routes(app, inference)
     add_v2_routes(app, inference)
+    add_repository_routes(app, inference)  # Triton's model repository extension: load / unload / index
     add_openai_routes(app, inference)  # only when a task transcribes (OpenAI audio API)
     _add_meta_routes(app, inference)
     # The exact per-file limit is enforced again on the decoded bytes by the task's preprocess.

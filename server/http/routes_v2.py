@@ -262,7 +262,15 @@ async def _infer(request: Request, inference: Inference, model_name: str, versio
     _check_batch_size(inference.settings, service.name, len(items))
     results = await _run_all(inference, service.name, input_name, items, params, request)
     per_item = [service.task.to_v2_outputs(result) for result in results]
-    return _infer_response(service, parsed.id, outputs, per_item, request.headers.get("accept-encoding"))
+    version = _produced_by(results, service)
+    return _infer_response(service, version, parsed.id, outputs, per_item, request.headers.get("accept-encoding"))
+
+
+def _produced_by(results: list[dict[str, Any]], service: TaskService) -> str | None:
+    # Each result names the version that produced it; during a model update the served
+    # version may already be the next one, so the answer's own version is reported.
+    model = results[0].get("model") if results else None
+    return model.get("version") if isinstance(model, dict) else service.version
 
 
 def _check_batch_size(settings: Settings, task: str, size: int) -> None:
@@ -406,6 +414,7 @@ def _located(exc: BaseException, name: str, index: int, count: int) -> BaseExcep
 
 def _infer_response(
     service: TaskService,
+    version: str | None,
     request_id: str,
     outputs: list[OutputChoice],
     per_item: list[dict[str, Any]],
@@ -418,7 +427,7 @@ def _infer_response(
         tensors.append(tensor)
         if blob is not None:
             blobs.append(blob)
-    header = {"model_name": service.name, "model_version": service.version, "id": request_id, "outputs": tensors}
+    header = {"model_name": service.name, "model_version": version, "id": request_id, "outputs": tensors}
     body, header_length = build_body(header, blobs)
     headers = {"Vary": "Accept-Encoding"}
     media_type = "application/json"

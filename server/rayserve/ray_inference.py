@@ -59,6 +59,13 @@ class RayInference(Inference):
             self._refresher.cancel()
         self.shutdown()
 
+    async def load_model(self, task: str) -> dict[str, Any]:
+        # Each replica would have to switch; until replicas follow aliases, say so plainly.
+        raise ApiError(501, "the model repository API is not available on the Ray backend; redeploy to switch versions")
+
+    async def unload_model(self, task: str) -> None:
+        raise ApiError(501, "the model repository API is not available on the Ray backend")
+
     async def refresh(self) -> None:
         """Ask every running replica of every task for its status (a broadcast per task)."""
         await asyncio.gather(*(self._refresh_task(name) for name in self.runtime.services))
