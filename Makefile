@@ -68,7 +68,7 @@ eval-music: install
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
 # $(MMSERVE_DATA_DIR)/speech-data), then WER / CER beside pocketsphinx (the `eval` extra).
 train-speech: install
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights --epochs 12 --batch-size 32 --lr 2e-3 --set time_budget_minutes=50
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights --epochs 40 --batch-size 16 --lr 2e-3 --set time_budget_minutes=42
 
 eval-speech: install
 	$(BIN)/python -m pip install --quiet -e '.[eval]'

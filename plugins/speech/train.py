@@ -40,17 +40,17 @@ DEFAULTS: dict[str, Any] = {
     "test_clips": SPLIT_SIZES["test"],
     "data_workers": 4,  # espeak-ng subprocesses at once while generating
     # features and model
-    "n_mels": 80,
-    "conv_channels": 32,
-    "conv_dim": 256,
-    "listener_hidden": 128,
-    "embed_dim": 64,
-    "speller_hidden": 256,
-    "attn_dim": 128,
+    "n_mels": 40,
+    "conv_channels": 8,
+    "conv_dim": 96,
+    "listener_hidden": 64,
+    "embed_dim": 32,
+    "speller_hidden": 128,
+    "attn_dim": 64,
     "dropout": 0.2,
     "ctc": True,
     # training
-    "ctc_weight": 0.3,
+    "ctc_weight": 0.4,
     "label_smoothing": 0.1,
     "freq_masks": 2,
     "freq_mask_width": 12,
@@ -58,12 +58,12 @@ DEFAULTS: dict[str, Any] = {
     "time_mask_ratio": 0.05,  # each time mask is at most this fraction of the utterance
     "weight_decay": 1e-6,
     "grad_clip": 5.0,
-    "warmup_steps": 200,
+    "warmup_steps": 100,
     "min_lr_ratio": 0.05,
     "max_length": 200,  # characters, for validation decoding
     "silence_percent": 2,  # extra clips of silence / faint noise with an empty transcript
     # run
-    "time_budget_minutes": 0.0,  # stop after the epoch that passes this wall time (0 = no limit)
+    "time_budget_minutes": 0.0,  # stop once training has run this long; the cosine decay follows it (0 = no limit)
     "num_threads": 1,  # torch CPU threads: the machine is shared
     "fp16": False,
     "progress": True,
