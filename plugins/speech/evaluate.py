@@ -60,6 +60,28 @@ def transcribe(
     return out
 
 
+@torch.no_grad()
+def ctc_transcribe(model: ListenAttendSpell, features: Sequence[torch.Tensor], batch_size: int = 32) -> list[str]:
+    """Greedy CTC transcripts from the listener's CTC head (best path: argmax per frame, merge
+    repeats, drop blanks). A diagnostic of the listener alone; the served decoder is the speller."""
+    assert model.ctc is not None, "this model has no CTC head"
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for start in range(0, len(features), batch_size):
+        batch = model.collate(list(features[start : start + batch_size]))
+        _, _, x4, len4 = model.listen(SpeechBatch(batch.features.to(device), batch.lengths.to(device)))
+        best = model.ctc(x4).argmax(dim=-1).cpu()  # [B, T4]
+        for row, n in zip(best.tolist(), len4.tolist()):
+            ids, last = [], None
+            for token in row[:n]:
+                if token != last and token != model.pad_id:
+                    ids.append(token)
+                last = token
+            out.append(decode_chars(model.vocab, ids))
+    return out
+
+
 def pocketsphinx_transcribe(waves: Sequence[np.ndarray], progress: bool = False) -> list[str]:
     """pocketsphinx's default US English acoustic model, dictionary and language model."""
     from pocketsphinx import Decoder
@@ -113,6 +135,10 @@ def evaluate_artifact(
         metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"]})
         audio_s = sum(len(clips.wave(i)) for i in range(len(clips))) / 16000
         metrics[f"{name}_rtf"] = seconds / audio_s
+    if model.ctc is not None:
+        hyps["ctc_greedy"] = ctc_transcribe(model, features)
+        rates = error_rates(texts, hyps["ctc_greedy"])
+        metrics.update({"ctc_greedy_wer": rates["wer"], "ctc_greedy_cer": rates["cer"]})
     limit = min(pocketsphinx_clips, len(clips))
     if limit > 0:
         try:
