@@ -53,6 +53,9 @@ class TaskSettings(BaseModel):
     max_batch_cost: int = Field(
         0, ge=0, description="Summed input cost (e.g. audio/video frames) per encoder batch; 0 = no limit"
     )
+    length_buckets: bool = Field(
+        True, description="Decode inputs of very different lengths in separate batches (bounds padding)"
+    )
     max_frames: int | None = Field(None, ge=1, description="This task's video frame limit (server-wide if unset)")
     max_duration_s: float | None = Field(None, gt=0, description="This task's media length limit, seconds")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="Wait from the first arrival for a fuller batch")
@@ -109,6 +112,7 @@ class TaskSettings(BaseModel):
             max_wait_ms=self.max_wait_ms,
             max_active=self.max_active,
             max_queue=self.max_queue,
+            length_buckets=self.length_buckets,
         )
 
 

@@ -344,3 +344,69 @@ class DecodingBatch:
             slot = seq.slot + best
             raw, items, attention, ended = float(seq.beam_scores[best]), self._items(slot), self.attention[slot], False
         self._finish(events, seq, DecodeResult(items, raw, self._attention_tensor(attention, seq), ended))
+
+
+class LengthBuckets:
+    """Live sequences in one `DecodingBatch` per memory-length bucket (powers of two).
+
+    A batch pads every row's memory to its longest row, so attention costs each row the
+    longest memory present. With inputs of very different lengths (audio, video, text) one
+    long input would tax every short row that joins while it decodes; bucketing bounds that
+    padding to under 2x. Inputs of one length (an image grid) all share one bucket.
+    """
+
+    def __init__(self, model: EncoderDecoder, device: torch.device | str, enabled: bool = True):
+        self.model, self.device, self.enabled = model, device, enabled
+        self.batches: dict[int, DecodingBatch] = {}
+        self._bucket_of: dict[int, int] = {}  # id(sequence) -> bucket
+
+    @property
+    def live_sequences(self) -> int:
+        return sum(b.live_sequences for b in self.batches.values())
+
+    @property
+    def live_rows(self) -> int:
+        return sum(int(b.alive.sum()) for b in self.batches.values())
+
+    def bucket(self, positions: int) -> int:
+        return 1 << max(0, positions - 1).bit_length() if self.enabled else 0
+
+    def add(self, memory: Memory, state: State, sequences: list[Sequence]) -> None:
+        groups: dict[int, list[int]] = {}
+        for i, seq in enumerate(sequences):
+            groups.setdefault(self.bucket(seq.positions), []).append(i)
+        for bucket, rows in groups.items():
+            part_memory, part_state = memory, state
+            if len(rows) < len(sequences):
+                index = torch.tensor(rows, device=memory.values.device)
+                part_memory, part_state = memory.select(index).trim(), select_state(state, index)
+            batch = self.batches.setdefault(bucket, DecodingBatch(self.model, self.device))
+            batch.add(part_memory, part_state, [sequences[i] for i in rows])
+            for i in rows:
+                self._bucket_of[id(sequences[i])] = bucket
+
+    def drop(self, sequence: Sequence) -> None:
+        bucket = self._bucket_of.pop(id(sequence), None)
+        if bucket is not None and not sequence.done:
+            self.batches[bucket].drop(sequence)
+
+    def step(self, generator: torch.Generator | None = None) -> StepEvents:
+        """One step of every bucket that has live rows; their events together."""
+        events = StepEvents()
+        for batch in list(self.batches.values()):
+            if not batch.live_sequences:
+                continue
+            part = batch.step(generator)
+            events.items += part.items
+            events.finished += part.finished
+            events.emitted += part.emitted
+            for seq, _ in part.finished:
+                self._bucket_of.pop(id(seq), None)
+        return events
+
+    def fail_all(self) -> list[Sequence]:
+        """Drop every live sequence (after a failed step); returns them."""
+        failed = [s for b in self.batches.values() for s in b.sequences if not s.done]
+        for seq in failed:
+            self.drop(seq)
+        return failed

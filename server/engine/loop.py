@@ -5,7 +5,7 @@ Two worker threads own the model, so the decode loop never waits on a convolutio
   inputs, at `max_batch_cost` (a task's cost per input, e.g. audio or video frames, so one long
   clip does not pad many short ones), or `max_wait_ms` after the first arrival when nothing is
   decoding; it encodes them and hands memory plus initial state to the decoder;
-- the **decoder** steps one `DecodingBatch` (plugins/nn/decoding.py). Encoded requests join
+- the **decoder** steps one `DecodingBatch` (plugins/nn/decoding.py) per memory-length bucket. Encoded requests join
   between steps, finished and cancelled ones leave, and beam-search requests are K rows of
   the same batch, so no request stalls another.
 
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State, to_device
-from mmserve.plugins.nn.decoding import DecodeParams, DecodeResult, DecodingBatch, Sequence, StepEvents
+from mmserve.plugins.nn.decoding import DecodeParams, DecodeResult, LengthBuckets, Sequence, StepEvents
 from mmserve.plugins.nn.heads import OutputHead
 from mmserve.server.metrics import ServerMetrics
 
@@ -68,6 +68,7 @@ class EngineConfig:
     max_wait_ms: float = 5.0  # how long the first arrival waits for company
     max_active: int = 64  # sequences decoding at once
     max_queue: int = 256  # requests waiting beyond the active ones
+    length_buckets: bool = True  # decode memories of very different lengths in separate batches
 
 
 class _Request:
@@ -265,7 +266,7 @@ class TaskEngine:
     # ----- decoder thread -----------------------------------------------------------------
 
     def _decode_loop(self) -> None:
-        batch = DecodingBatch(self.model, self.device)
+        batch = LengthBuckets(self.model, self.device, self.config.length_buckets)
         live: dict[int, Sequence] = {}  # id(request) -> its sequence
         with torch.inference_mode():
             while True:
@@ -279,7 +280,7 @@ class TaskEngine:
                     self._pending -= sum(len(e.requests) for e in ready)
                 for request in cancelled:
                     sequence = live.pop(id(request), None)
-                    if sequence is not None and not sequence.done:
+                    if sequence is not None:
                         batch.drop(sequence)
                 for encoded in ready:
                     self._join(batch, encoded, live)
@@ -297,7 +298,7 @@ class TaskEngine:
         if self.metrics:
             self.metrics.active_sequences.labels(self.task).set(count)
 
-    def _join(self, batch: DecodingBatch, encoded: _Encoded, live: dict[int, Sequence]) -> None:
+    def _join(self, batch: LengthBuckets, encoded: _Encoded, live: dict[int, Sequence]) -> None:
         keep = [i for i, r in enumerate(encoded.requests) if not r.cancelled]
         if not keep:
             return
@@ -315,16 +316,15 @@ class TaskEngine:
         for request, sequence in zip(requests, sequences):
             live[id(request)] = sequence
 
-    def _step(self, batch: DecodingBatch, live: dict[int, Sequence]) -> None:
+    def _step(self, batch: LengthBuckets, live: dict[int, Sequence]) -> None:
         if self.metrics:
-            self.metrics.decode_batch.labels(self.task).observe(int(batch.alive.sum()))
+            self.metrics.decode_batch.labels(self.task).observe(batch.live_rows)
         try:
             events: StepEvents = batch.step()
         except Exception as exc:
             log.exception("decode step for %s failed", self.task)
-            failed = [s for s in batch.sequences if not s.done]
+            failed = batch.fail_all()
             for sequence in failed:
-                batch.drop(sequence)
                 live.pop(id(sequence.tag), None)
             _deliver_all([(s.tag, RuntimeError(f"model failed while decoding: {exc}")) for s in failed])
             return

@@ -97,6 +97,7 @@ class GatedEcho(EchoModel):
         self._permits = 0
         self.steps = 0
         self.rows: list[int] = []
+        self.widths: list[int] = []  # memory positions of every step
 
     def allow(self, steps: int = 1_000_000) -> None:
         with self._cv:
@@ -115,13 +116,15 @@ class GatedEcho(EchoModel):
         with self._cv:
             self.steps += 1
             self.rows.append(memory.batch_size)
+            self.widths.append(memory.mask.shape[1])
             self._cv.notify_all()
         return out
 
 
 def test_request_joins_a_running_batch_mid_sequence():
     model = GatedEcho()
-    engine = TaskEngine("echo", model, EngineConfig(max_batch_size=4, max_wait_ms=0, max_active=8)).start()
+    config = EngineConfig(max_batch_size=4, max_wait_ms=0, max_active=8, length_buckets=False)
+    engine = TaskEngine("echo", model, config).start()
     try:
         async def main():
             first = asyncio.ensure_future(engine.generate(_encode_text("abcdefghij"), DecodeParams(max_length=64)))
@@ -144,7 +147,8 @@ def test_request_joins_a_running_batch_mid_sequence():
 
 def test_greedy_request_is_not_stalled_by_a_long_beam_request():
     model = GatedEcho()
-    engine = TaskEngine("echo", model, EngineConfig(max_batch_size=4, max_wait_ms=0, max_active=8)).start()
+    config = EngineConfig(max_batch_size=4, max_wait_ms=0, max_active=8, length_buckets=False)
+    engine = TaskEngine("echo", model, config).start()
     try:
         async def main():
             beam = asyncio.ensure_future(
@@ -165,6 +169,30 @@ def test_greedy_request_is_not_stalled_by_a_long_beam_request():
     finally:
         model.allow()
         engine.stop()
+
+
+def test_short_inputs_decode_apart_from_a_long_one():
+    """Length buckets: rows with short memories never pay attention over a long one's padding."""
+    model = GatedEcho()
+    engine = TaskEngine("echo", model, EngineConfig(max_batch_size=8, max_wait_ms=10_000, max_active=8))
+    texts = ["l" * 200, "a" * 5, "b" * 6, "c" * 7]
+
+    async def main():
+        futures = [asyncio.ensure_future(engine.generate(_encode_text(t), DecodeParams(max_length=300))) for t in texts]
+        await asyncio.sleep(0)
+        engine.start()
+        model.allow()
+        return await asyncio.gather(*futures)
+
+    try:
+        results = _run(main())
+    finally:
+        model.allow()
+        engine.stop()
+    assert [_text(r.tokens) for r in results] == [t.upper() for t in texts]
+    steps = list(zip(model.rows, model.widths))
+    assert (3, 7) in steps, f"the short inputs did not decode together: {steps[:6]}"
+    assert all(width <= 8 or rows == 1 for rows, width in steps), f"a short row paid for the long memory: {steps[:6]}"
 
 
 def test_cancelled_request_frees_its_slot():
