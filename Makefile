@@ -9,7 +9,7 @@ export MMSERVE_DATA_DIR
 
 include helm/tools.mk
 
-.PHONY: serve test install audio-deps speech-deps train-speech eval-speech train-music eval-music lint mlflow-ui train-captioning eval-captioning bench clean
+.PHONY: serve test fuzz install audio-deps speech-deps train-speech eval-speech train-music eval-music lint mlflow-ui train-captioning eval-captioning bench clean
 
 # Re-install only when the project's metadata changes.
 $(BIN)/.installed: pyproject.toml
@@ -43,6 +43,13 @@ serve: install
 
 test: install lint helm-tools
 	$(BIN)/python -m pytest -q -ra
+
+# Fuzz every route of the server's OpenAPI document with schemathesis: >= 1,000 cases, a new
+# seed each run; the case count and statuses go to $(MMSERVE_DATA_DIR)/fuzz-report.json.
+# `make test` runs the same test with a bounded, fixed-seed budget (~220 cases).
+fuzz: install
+	MMSERVE_FUZZ_EXAMPLES=100 MMSERVE_FUZZ_RANDOM=1 MMSERVE_FUZZ_REPORT=$(MMSERVE_DATA_DIR)/fuzz-report.json \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/fuzz
 
 lint: install
 	$(BIN)/ruff check .
