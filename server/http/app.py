@@ -65,7 +65,7 @@ def create_app(
     api_keys = load_api_keys(settings)  # before serving: a bad key file stops the start
     if api_keys:  # added last, so it runs first: no body is read for an unauthenticated request
         app.add_middleware(ApiKeyAuth, keys=api_keys, exempt_paths=settings.auth_exempt_paths)
-    install_openapi(app, auth_on=bool(api_keys), exempt_paths=settings.auth_exempt_paths)
+    install_openapi(app, bool(api_keys), settings.auth_exempt_paths, models=list(runtime.services))
     return app
 
 

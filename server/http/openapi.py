@@ -62,6 +62,37 @@ _RULES: list[tuple[Callable[[str, str], bool], tuple[int, ...]]] = [
     (lambda m, p: p == "/v1/audio/transcriptions", (400, 404, 413, 415, 422, 503, 504)),
     (lambda m, p: m == "post" and p.startswith("/v1/"), _TASK),
 ]
+# routes_openai.py reads its form by hand; this is what it accepts (OpenAI's transcription API).
+TRANSCRIPTION_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "model"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "model": {"type": "string", "description": "A transcribing task, or whisper-1"},
+                    "language": {"type": "string"},
+                    "prompt": {"type": "string", "description": "Accepted and ignored"},
+                    "response_format": {"type": "string", "enum": ["json", "text", "srt", "vtt", "verbose_json"]},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                    "stream": {"type": "boolean"},
+                    "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+                },
+            }
+        }
+    },
+}
+TRANSCRIPTION_OK = {
+    "description": "The transcript in the requested format",
+    "content": {
+        "application/json": {"schema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+        "text/plain": {"schema": {"type": "string"}},
+        "text/vtt": {"schema": {"type": "string"}},
+        "text/event-stream": {"schema": {"type": "string"}},
+    },
+}
 _SECURITY_SCHEMES = {
     "bearerAuth": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
     "apiKeyHeader": {"type": "apiKey", "in": "header", "name": KEY_HEADER},
@@ -76,21 +107,26 @@ def error_statuses(method: str, path: str) -> tuple[int, ...]:
     return ()
 
 
-def install_openapi(app: FastAPI, auth_on: bool, exempt_paths: Sequence[str]) -> None:
-    """Replace `app.openapi` with one that documents errors and, when `auth_on`, security."""
+def install_openapi(app: FastAPI, auth_on: bool, exempt_paths: Sequence[str], models: Sequence[str] = ()) -> None:
+    """Replace `app.openapi` with one that documents errors and, when `auth_on`, security.
+
+    `models` (the served task names) become the documented values of `{model_name}`.
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            app.openapi_schema = complete(doc, auth_on, exempt_paths)
+            app.openapi_schema = complete(doc, auth_on, exempt_paths, models)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def complete(doc: dict[str, Any], auth_on: bool, exempt_paths: Sequence[str]) -> dict[str, Any]:
+def complete(
+    doc: dict[str, Any], auth_on: bool, exempt_paths: Sequence[str], models: Sequence[str] = ()
+) -> dict[str, Any]:
     """`doc` with error responses (and security when `auth_on`) on every operation."""
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -104,6 +140,16 @@ def complete(doc: dict[str, Any], auth_on: bool, exempt_paths: Sequence[str]) ->
         for method, operation in item.items():
             if method not in ("get", "post", "put", "delete", "patch"):
                 continue
+            if path == "/v1/audio/transcriptions":
+                operation.setdefault("requestBody", TRANSCRIPTION_BODY)
+                operation.setdefault("responses", {})["200"] = TRANSCRIPTION_OK
+            elif method == "post" and path.startswith("/v1/") and "200" in operation.get("responses", {}):
+                # Task routes answer JSON, or server-sent events with stream=true.
+                ok = operation["responses"]["200"].setdefault("content", {})
+                ok.setdefault("text/event-stream", {"schema": {"type": "string"}})
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "model_name" and parameter.get("in") == "path" and models:
+                    parameter["schema"] = {**parameter.get("schema", {}), "enum": sorted(models)}  # others: 404
             statuses = set(error_statuses(method, path))
             if "requestBody" in operation:
                 statuses.add(413)  # BodySizeLimit answers it before any route runs
