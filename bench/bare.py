@@ -6,7 +6,7 @@ function), encode the batch, greedy-decode it, postprocess every answer. Every r
 batch has that batch's wall time as its latency (a finished row waits for the longest one);
 throughput is requests over the total wall time.
 
-`--mode continuous`: c rows decode in one `DecodingBatch` (the engine's own step code); each
+`--mode continuous`: c rows decode in the engine's own `LengthBuckets` of `DecodingBatch`es; each
 step, finished rows leave and as many new inputs are preprocessed, encoded together and
 joined. A request's latency is from its preprocessing to its last step. This is continuous
 batching with no server around it: the limit for the long-decode workload.
@@ -48,10 +48,10 @@ def continuous(
     """Requests start..start+count-1 through `rows` continuously refilled rows: (latencies, answers)."""
     import torch
 
-    from mmserve.plugins.nn.decoding import DecodeParams, DecodingBatch, Sequence
+    from mmserve.plugins.nn.decoding import DecodeParams, LengthBuckets, Sequence
 
     params = DecodeParams(max_length=length)
-    batch = DecodingBatch(model, "cpu")
+    batch = LengthBuckets(model, "cpu")  # the engine's batching: one DecodingBatch per length bucket
     key = answer_key(workload)
     latencies: list[float] = []
     answers: dict[int, str] = {}

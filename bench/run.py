@@ -222,7 +222,7 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
         ),
         System(
             "long: bare continuous", [*bare, *long, "--mode", "continuous"],
-            "no HTTP: c rows in one DecodingBatch (the engine's step code); each step finished rows leave and new "
+            "no HTTP: c rows in the engine's LengthBuckets of DecodingBatches; each step finished rows leave and new "
             "texts are encoded and joined (the limit)", workload=LONG_DECODE, role="limit", bare=True,
         ),
         System(
