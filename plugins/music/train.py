@@ -13,6 +13,7 @@ Task-specific knobs live in `DEFAULTS`, overridden by `mmserve train music --set
 from __future__ import annotations
 
 import copy
+import json
 import random
 import sys
 import time
@@ -222,5 +223,7 @@ def train_music(options: TrainOptions, logger: RunLogger) -> TrainResult:
     save_music_model(model, options.output_dir, training, s["fp16"])
     metrics = {"val_nll": best_val, "best_epoch": float(best_epoch), "train_wall_seconds": wall,
                "parameters": float(params["parameters"])}  # fmt: skip
-    write_metrics(options.output_dir, {**metrics, "data": s["data"], "head": s["head"], "history": history})
+    # metrics.json holds numbers only (the registry tags model versions with them); the curve goes beside it.
+    write_metrics(options.output_dir, metrics)
+    (Path(options.output_dir) / "history.json").write_text(json.dumps(history, indent=1))
     return TrainResult(artifact_dir=options.output_dir, metrics=metrics, params=params)
