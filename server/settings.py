@@ -181,10 +181,13 @@ class Settings(BaseSettings):
         default_factory=lambda: ["/v2/health", "/metrics", "/docs", "/openapi.json"],
         description="Paths (and everything under them) open without a key when keys are on",
     )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins browsers may call from (CORS), e.g. https://app.example; empty: off"
+    )
     tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per-task settings by task name")
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray cluster and ingress (backend: ray)")
 
-    @field_validator("plugins", "plugin_modules", "api_keys", "auth_exempt_paths", mode="before")
+    @field_validator("plugins", "plugin_modules", "api_keys", "auth_exempt_paths", "cors_allow_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -7,14 +7,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mmserve.server import __version__
-from mmserve.server.http.auth import ApiKeyAuth, load_api_keys
+from mmserve.server.http.auth import KEY_HEADER, ApiKeyAuth, load_api_keys
 from mmserve.server.http.body_limit import BodySizeLimit
 from mmserve.server.http.errors import install_error_handlers
 from mmserve.server.http.openapi import install_openapi
+from mmserve.server.http.request_id import HEADER as REQUEST_ID_HEADER
+from mmserve.server.http.request_id import RequestId
 from mmserve.server.http.routes_openai import add_openai_routes
 from mmserve.server.http.routes_repository import add_repository_routes
 from mmserve.server.http.routes_tasks import add_task_routes
@@ -65,6 +68,15 @@ def create_app(
     api_keys = load_api_keys(settings)  # before serving: a bad key file stops the start
     if api_keys:  # added last, so it runs first: no body is read for an unauthenticated request
         app.add_middleware(ApiKeyAuth, keys=api_keys, exempt_paths=settings.auth_exempt_paths)
+    if settings.cors_allow_origins:  # outside auth: a browser's preflight carries no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", KEY_HEADER, "Content-Type", "Content-Encoding", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Inference-Header-Content-Length"],
+        )
+    app.add_middleware(RequestId)  # outermost: every answer, 401 and 413 included, carries the id
     install_openapi(app, bool(api_keys), settings.auth_exempt_paths, models=list(runtime.services))
     return app
 

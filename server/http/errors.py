@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmserve.plugins.errors import InputError
 from mmserve.server.engine import EngineOverloaded, EngineStopped
+from mmserve.server.http.request_id import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _answer(_: Request, exc: Exception) -> JSONResponse:
         status, message, headers = status_for(exc)
         if status >= 500 and not headers:  # a bug, not a condition the client can retry
-            log.error("unhandled error", exc_info=exc)
+            log.error("unhandled error in request %s", current_request_id.get(), exc_info=exc)
         return error_response(status, message, headers)
 
     for kind in (ApiError, InputError, EngineOverloaded, EngineStopped, RequestValidationError,
