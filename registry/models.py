@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +28,22 @@ from mmserve.registry.tracking import EXPERIMENT, MlflowRunLogger, default_track
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
+
+
+# Task, alias and version names become cache paths (<data_dir>/models/<task>/<version>): one
+# plain path component each, never "..", a separator or a leading dot.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class UnsafeName(ValueError):
+    """A task, alias or version name that cannot be a single, plain path component."""
+
+
+def safe_name(kind: str, value: str) -> str:
+    """`value` if it is a plain name (letters, digits, `._-`, no leading dot, no `..`); else UnsafeName."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or ".." in value:
+        raise UnsafeName(f"{kind} name {value!r} is not allowed: use letters, digits, '.', '_' and '-' only")
+    return value
 
 
 class ModelNotFound(LookupError):
@@ -159,6 +176,8 @@ class ModelRegistry:
 
     def resolve(self, task: str, alias: str) -> ResolvedModel:
         """Local path of `models:/<task>@<alias>`, downloading it once; falls back to the cache."""
+        safe_name("task", task)
+        safe_name("alias", alias)
         try:
             version = str(self.client.get_model_version_by_alias(task, alias).version)
         except Exception as exc:  # unreachable server or missing alias: try the local cache
@@ -167,7 +186,7 @@ class ModelRegistry:
                 raise ModelNotFound(f"no model for {task}@{alias}: {exc}") from exc
             log.warning("MLflow unavailable for %s@%s (%s); serving cached version %s", task, alias, exc, cached)
             return ResolvedModel(task, alias, cached, self.cache_dir / task / cached, from_cache=True)
-        path = self.cache_dir / task / version
+        path = self.cache_dir / task / safe_name("version", version)
         if not (path / CONFIG_FILE).is_file():
             self._download(self.client.get_model_version_download_uri(task, version), path)
         self._remember_alias(task, alias, version)
@@ -197,6 +216,8 @@ class ModelRegistry:
         if not path.is_file():
             return None
         version = json.loads(path.read_text()).get(alias)
+        if not isinstance(version, str) or not _SAFE_NAME.fullmatch(version) or ".." in version:
+            return None  # a tampered aliases.json must not point outside the cache
         if version and (self.cache_dir / task / version / CONFIG_FILE).is_file():
             return version
         return None
