@@ -41,6 +41,16 @@ class TensorSpec:
 
 
 @dataclass
+class Prepared:
+    """What `preprocess` returns when `postprocess` needs more than the decoded sequence:
+    `inputs` go to the model (collate / encode, `input_cost`); `context` (e.g. the times of the
+    sampled video frames) comes back to that request's `postprocess` as `context=`."""
+
+    inputs: Any
+    context: Any
+
+
+@dataclass
 class TrainOptions:
     """Options common to every task's training; `extra` holds task-specific ones."""
 

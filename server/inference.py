@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 
 from mmserve.plugins.nn.decoding import DecodeResult
-from mmserve.plugins.task import Task
+from mmserve.plugins.task import Prepared, Task
 from mmserve.server.engine import TokenCallback
 from mmserve.server.http.errors import ApiError
 from mmserve.server.http.json_limits import JsonLimits
@@ -123,7 +123,8 @@ class Inference:
         decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
         if service.task.keeps_attention:
             decode_params = dataclasses.replace(decode_params, keep_attention=True)
-        generation = asyncio.ensure_future(loaded.engine.generate(inputs, decode_params, on_token))
+        model_input = inputs.inputs if isinstance(inputs, Prepared) else inputs
+        generation = asyncio.ensure_future(loaded.engine.generate(model_input, decode_params, on_token))
         try:
             return await await_or_abandon(generation, request, self.settings.request_timeout_s, generation.cancel)
         except TimeoutError:
@@ -132,10 +133,18 @@ class Inference:
             ) from None
 
     def postprocess(
-        self, service: TaskService, loaded: LoadedModel, result: DecodeResult, params: GenerationParams
+        self,
+        service: TaskService,
+        loaded: LoadedModel,
+        result: DecodeResult,
+        params: GenerationParams,
+        inputs: Any = None,
     ) -> dict[str, Any]:
         task = service.task
-        output = task.postprocess(result, loaded.model, params.attention, **task_options(task, params))
+        extra = task_options(task, params)
+        if isinstance(inputs, Prepared):  # the request's own context, e.g. sampled frame times
+            extra["context"] = inputs.context
+        output = task.postprocess(result, loaded.model, params.attention, **extra)
         output["model"] = {"name": service.name, "version": loaded.version}  # the version that produced it
         return output
 
@@ -152,7 +161,7 @@ class Inference:
         with service.loaded.lease() as loaded:
             inputs = await self.preprocess(service, loaded, data, content_type, params)
             result = await self.decode(service, loaded, inputs, params, request)
-            return self.postprocess(service, loaded, result, params)
+            return self.postprocess(service, loaded, result, params, inputs)
 
     async def open_stream(
         self, task: str, data: bytes, content_type: str | None, params: GenerationParams
@@ -196,7 +205,7 @@ class Inference:
                 except Exception as exc:
                     yield "error", {"error": f"{type(exc).__name__}: {exc}", "status": 500}
                     return
-                yield "result", self.postprocess(service, loaded, result, params)
+                yield "result", self.postprocess(service, loaded, result, params, inputs)
                 return
         finally:
             # A client that disconnects mid-stream closes this generator: free its decode slot.

@@ -13,7 +13,7 @@ import torch
 
 from mmserve.plugins.action.model import ActionRecognizer
 from mmserve.plugins.errors import InputError
-from mmserve.plugins.media import decode_video
+from mmserve.plugins.media import VideoInfo, decode_video
 from mmserve.plugins.task import InputLimits
 
 CONTENT_TYPES = ("video/mp4", "video/webm", "video/x-msvideo", "video/avi", "video/quicktime", "image/gif")
@@ -46,13 +46,24 @@ def video_bytes_to_clip(
     limits: InputLimits,
     params: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
+    """The clip alone; see `decode_clip`."""
+    return decode_clip(data, content_type, model, limits, params)[0]
+
+
+def decode_clip(
+    data: bytes,
+    content_type: str | None,
+    model: ActionRecognizer,
+    limits: InputLimits,
+    params: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, VideoInfo]:
     """MP4 / WebM / AVI / GIF bytes -> uint8 frames [T, 3, H, W] at the model's frame size.
 
     Raises InputError (empty, corrupt, truncated, no video stream), UnsupportedMediaType or
     PayloadTooLarge (bytes, pixels per frame, frames, duration), each naming the limit.
     """
     frames, fps = sampling(model, params)
-    clip, _info = decode_video(
+    clip, info = decode_video(
         data,
         content_type,
         frames=frames,
@@ -63,4 +74,4 @@ def video_bytes_to_clip(
         max_pixels=limits.max_pixels,
         max_duration_s=limits.max_duration_s,
     )
-    return clip
+    return clip, info

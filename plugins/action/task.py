@@ -6,17 +6,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmserve.plugins.action.checkpoint import load_recognizer
 from mmserve.plugins.action.model import ActionRecognizer
-from mmserve.plugins.action.preprocess import CONTENT_TYPES, video_bytes_to_clip
+from mmserve.plugins.action.preprocess import CONTENT_TYPES, decode_clip
 from mmserve.plugins.action.spans import find_actions
 from mmserve.plugins.nn.contract import EncoderDecoder
 from mmserve.plugins.nn.search import DecodeResult
-from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
+from mmserve.plugins.task import InputLimits, Prepared, Task, TensorSpec, TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class SamplingOptions(BaseModel):
+    """How frames are sampled from an uploaded video (one of the two; default: the model's pace)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fps: float | None = Field(None, gt=0, le=120, description="Sample this many frames per second")
+    frames: int | None = Field(None, ge=1, le=4096, description="Sample this many frames spread over the clip")
 
 
 class ActionTask(Task):
@@ -26,6 +36,7 @@ class ActionTask(Task):
     v2_inputs = (TensorSpec("VIDEO", "BYTES", (1,)),)
     v2_outputs = (TensorSpec("CAPTION", "BYTES", (1,)), TensorSpec("ACTIONS", "BYTES", (1,)))
     default_max_length = 16
+    request_options = SamplingOptions
 
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
         return load_recognizer(artifact_dir, device)
@@ -33,17 +44,25 @@ class ActionTask(Task):
     def bundled_artifacts(self) -> Path | None:
         return WEIGHTS_DIR
 
-    def preprocess(self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits) -> Any:
+    def preprocess(
+        self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits,
+        options: SamplingOptions | None = None,
+    ) -> Any:
         assert isinstance(model, ActionRecognizer), f"action needs an ActionRecognizer, got {type(model).__name__}"
-        return video_bytes_to_clip(data, content_type, model, limits)
+        params = options.model_dump(exclude_none=True) if options is not None else None
+        clip, info = decode_clip(data, content_type, model, limits, params)
+        return Prepared(clip, info.sampled_times_s)  # the frame times turn attention spans into seconds
 
     def input_cost(self, inputs: Any) -> int:
         """Frames of the clip: what the encoder's cost grows with."""
         return int(inputs.shape[0])
 
-    def postprocess(self, result: DecodeResult, model: EncoderDecoder, include_attention: bool) -> dict[str, Any]:
+    def postprocess(
+        self, result: DecodeResult, model: EncoderDecoder, include_attention: bool,
+        options: SamplingOptions | None = None, context: list[float] | None = None,
+    ) -> dict[str, Any]:
         assert isinstance(model, ActionRecognizer), f"action needs an ActionRecognizer, got {type(model).__name__}"
-        return describe(result, model, include_attention)
+        return describe(result, model, include_attention, frame_times=context)
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
         import json
@@ -66,9 +85,8 @@ def describe(
 ) -> dict[str, Any]:
     """The JSON of one decoded clip: caption, actions with spans in seconds, tokens, score.
 
-    `frame_times` are the sampled frames' times; without them (the server does not pass the
-    decoder's VideoInfo to postprocess yet) frame k is at k / default_fps, which is exact for
-    the default sampling.
+    `frame_times` are the sampled frames' times (the request's `Prepared` context); without
+    them frame k is at k / default_fps, which is exact for the default sampling.
     """
     skip = (model.vocab.pad_id, model.vocab.bos_id)
     kept = [i for i, t in enumerate(result.tokens) if t not in skip]

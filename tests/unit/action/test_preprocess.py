@@ -67,3 +67,32 @@ def test_bad_uploads_are_clear_4xx(model, mp4):
         with pytest.raises(PayloadTooLarge, match=word) as info:
             video_bytes_to_clip(mp4.data, "video/mp4", model, limits)
         assert info.value.status_code == 413, limit
+
+
+def test_requested_sampling_reaches_preprocess_and_its_frame_times_reach_postprocess(model, mp4):
+    from mmserve.plugins.action.task import SamplingOptions
+    from mmserve.plugins.nn.decoding import DecodeResult
+    from mmserve.plugins.task import Prepared
+
+    task = ActionTask()
+    prepared = task.preprocess(mp4.data, "video/mp4", model, LIMITS, options=SamplingOptions(frames=6))
+    assert isinstance(prepared, Prepared) and prepared.inputs.shape[0] == 6
+    times = prepared.context
+    assert len(times) == 6 and times == sorted(times) and times[-1] > times[0]
+    vocab = model.vocab
+    tokens = [vocab.stoi[w] for w in ("one", "moves", "left")]
+    attention = torch.zeros(3, 6)
+    attention[:, 2] = 1.0  # every word looks at frame 2
+    output = task.postprocess(DecodeResult(tokens, -0.5, attention), model, False, context=times)
+    assert output["actions"] and output["actions"][0]["start_s"] == round(times[2], 3)
+
+
+def test_sampling_options_are_validated():
+    from pydantic import ValidationError
+
+    from mmserve.plugins.action.task import SamplingOptions
+
+    with pytest.raises(ValidationError):
+        SamplingOptions(fps=0)
+    with pytest.raises(ValidationError):
+        SamplingOptions(frames=0)
