@@ -57,7 +57,7 @@ _RULES: list[tuple[Callable[[str, str], bool], tuple[int, ...]]] = [
     (lambda m, p: p.startswith("/v2/models/") and p.endswith("/infer"), (400, 404, 413, 415, 422, 501, 503, 504)),
     (lambda m, p: p.startswith("/v2/models/"), (404, 503)),
     (lambda m, p: p == "/v2/health/ready", (503,)),
-    (lambda m, p: p.startswith("/v2/repository/models/"), (404, 503)),
+    (lambda m, p: p.startswith("/v2/repository/models/"), (404, 501, 503)),  # 501: Ray backend
     (lambda m, p: p == "/v2/repository/index", (400,)),
     (lambda m, p: p == "/v1/audio/transcriptions", (400, 404, 413, 415, 422, 503, 504)),
     (lambda m, p: m == "post" and p.startswith("/v1/"), _TASK),

@@ -70,8 +70,15 @@ class TaskReplica:
         runtime.load(self.service, replica_device())
         self.inference = Inference(runtime)
 
+    def _follow_alias(self) -> None:
+        # Each replica follows its task's MLflow alias itself (model_poll_interval_s) and switches
+        # with zero downtime like the embedded server. Started from the first request, on the
+        # replica's event loop (Serve gives __init__ none); idempotent.
+        self.inference.updater.start()
+
     async def run(self, data: bytes, content_type: str | None, params: dict[str, Any]) -> dict[str, Any]:
         """`{"output": <task JSON>}` or `{"error": {...}}` for one input."""
+        self._follow_alias()
         try:
             generation = GenerationParams(**params)
             return {"output": await self.inference.run(self.service.name, data, content_type, generation)}
@@ -82,6 +89,7 @@ class TaskReplica:
         self, data: bytes, content_type: str | None, params: dict[str, Any]
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(ACCEPTED, {}) then the embedded stream's events, or one (REJECTED, error)."""
+        self._follow_alias()
         try:
             generation = GenerationParams(**params)
             events = await self.inference.open_stream(self.service.name, data, content_type, generation)
