@@ -83,7 +83,7 @@ class SpeechTask(Task):
 def word_times(result: DecodeResult, model: ListenAttendSpell, seconds_per_position: float) -> list[dict[str, Any]]:
     """Words with start / end times from the attention alignment: each character's time is
     the centre of mass of its attention over memory positions (80 ms each); a word spans
-    its first to its last character."""
+    its earliest to its latest character (plus one position)."""
     attention = result.attention.float()  # [T, N]
     positions = torch.arange(attention.shape[1], dtype=torch.float32)
     centre = (attention * positions).sum(dim=1) / attention.sum(dim=1).clamp_min(1e-9)  # [T]
@@ -96,7 +96,8 @@ def word_times(result: DecodeResult, model: ListenAttendSpell, seconds_per_posit
             current.append((char, float(centre[i])))
             continue
         if current:
-            start, end = current[0][1], current[-1][1]
+            # min / max, not first / last: an alignment need not move forward within a word.
+            start, end = min(t for _, t in current), max(t for _, t in current)
             words.append({"word": "".join(c for c, _ in current), "start": round(start * seconds_per_position, 3),
                           "end": round((end + 1) * seconds_per_position, 3)})  # fmt: skip
             current = []

@@ -4,6 +4,7 @@ SDK (every response format, streaming, errors), tritonclient, and bad inputs."""
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import wave
@@ -11,9 +12,12 @@ import wave
 import httpx
 import numpy as np
 import pytest
+import torch
 
+from mmserve.plugins.nn.search import greedy_decode
 from mmserve.plugins.speech import data
-from mmserve.plugins.speech.evaluate import error_rates
+from mmserve.plugins.speech.task import SpeechTask
+from mmserve.plugins.task import InputLimits
 from tests.e2e.server_process import running_server
 from tests.unit.media_fixtures import encode_audio
 
@@ -23,8 +27,6 @@ pytestmark = [
 ]
 
 SENTENCES = ["please call me at seven", "the water is very cold today", "she has three hundred books"]
-# The bundled model's CER on held-out voices is far below this; an untrained one is near 1.
-MAX_CER = 0.35
 
 
 def _clip(index: int) -> tuple[bytes, str]:
@@ -47,6 +49,22 @@ def _wav(samples: np.ndarray, rate: int) -> bytes:
 CLIPS = [_clip(i) for i in range(len(SENTENCES))] if shutil.which("espeak-ng") else []
 
 
+@functools.lru_cache(maxsize=1)
+def _bundled():
+    task = SpeechTask()
+    return task, task.load_model(task.bundled_artifacts(), torch.device("cpu"))
+
+
+def offline(audio: bytes, mime: str) -> str:
+    """The bundled model's greedy transcript of these bytes, in this process: what the
+    server must answer. (Its accuracy is measured by `mmserve eval speech`, not here.)"""
+    task, model = _bundled()
+    with torch.no_grad():
+        features = task.preprocess(audio, mime, model, InputLimits())
+        result = greedy_decode(model, model.encode(model.collate([features])), task.default_max_length)[0]
+    return task.postprocess(result, model, False)["text"]
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     env = {"MMSERVE_PLUGINS": "speech", "MMSERVE_MAX_DURATION_S": "20"}
@@ -61,21 +79,19 @@ def client(base):
 
 
 def test_task_api_transcribes_held_out_voices(base):
-    hyps = []
     for audio, _ in CLIPS:
         body = httpx.post(f"{base}/v1/speech", files={"file": ("clip.wav", audio, "audio/wav")}, timeout=60).json()
         assert body["model"]["name"] == "speech"
+        assert body["text"] == offline(audio, "audio/wav")
         assert "".join(body["tokens"]).split() == body["text"].split()
         assert [w["word"] for w in body["words"]] == body["text"].split()
         assert all(0 <= w["start"] < w["end"] <= body["duration"] + 0.2 for w in body["words"])
-        hyps.append(body["text"])
-    assert error_rates([t for _, t in CLIPS], hyps)["cer"] <= MAX_CER, hyps
 
 
 @pytest.mark.parametrize(("fmt", "codec", "mime"), [("flac", "flac", "audio/flac"), ("ogg", "libopus", "audio/ogg"),
                                                      ("mp3", "libmp3lame", "audio/mpeg")])  # fmt: skip
 def test_compressed_uploads_at_other_rates_and_stereo(base, fmt, codec, mime):
-    audio, text = CLIPS[0]
+    audio, _ = CLIPS[0]
     with wave.open(io.BytesIO(audio)) as w:
         mono = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
     import torch
@@ -85,13 +101,13 @@ def test_compressed_uploads_at_other_rates_and_stereo(base, fmt, codec, mime):
     resampled = AF.resample(torch.from_numpy(mono), 16000, rate).numpy()
     encoded = encode_audio(fmt, codec, np.stack([resampled, resampled]), rate)
     body = httpx.post(f"{base}/v1/speech", files={"file": (f"clip.{fmt}", encoded, mime)}, timeout=60).json()
-    assert error_rates([text], [body["text"]])["cer"] <= MAX_CER, body
+    assert body["text"] == offline(encoded, mime)
 
 
 def test_openai_sdk_every_response_format(client):
-    audio, text = CLIPS[1]
+    audio, _ = CLIPS[1]
     result = client.audio.transcriptions.create(model="speech", file=("clip.wav", audio, "audio/wav"))
-    assert error_rates([text], [result.text])["cer"] <= MAX_CER, result.text
+    assert result.text == offline(audio, "audio/wav")
     plain = client.audio.transcriptions.create(model="whisper-1", file=("clip.wav", audio), response_format="text")
     assert plain.strip() == result.text
     srt = client.audio.transcriptions.create(model="speech", file=("clip.wav", audio), response_format="srt")
@@ -137,7 +153,7 @@ def test_tritonclient_audio_bytes(base):
     result = client.infer("speech", [tensor], outputs=[http.InferRequestedOutput("TEXT", binary_data=False)])
     text = result.as_numpy("TEXT")[0]
     text = text.decode() if isinstance(text, bytes) else text
-    assert error_rates([CLIPS[0][1]], [text])["cer"] <= MAX_CER, text
+    assert text == offline(CLIPS[0][0], "audio/wav")
 
 
 def test_bad_audio_is_a_clear_4xx_and_silence_is_not_an_error(base):
