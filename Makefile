@@ -66,7 +66,8 @@ eval-captioning: install
 
 # The music task's bundled weights (serial note head) and its Bernoulli baseline row.
 train-music: install
-	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights --epochs 300 --batch-size 32 --lr 3e-3 --set time_budget_minutes=55
+	$(BIN)/mmserve train music --no-register --output-dir /tmp/mmserve-music-serial --epochs 300 --batch-size 32 --lr 3e-3 --set time_budget_minutes=55
+	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights --epochs 300 --batch-size 32 --lr 1.5e-3 --set init_from=/tmp/mmserve-music-serial --set time_budget_minutes=12
 	$(BIN)/mmserve train music --no-register --output-dir /tmp/mmserve-music-bernoulli --epochs 300 --batch-size 32 --lr 3e-3 --set head=bernoulli --set time_budget_minutes=35
 	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights/bernoulli --epochs 300 --batch-size 32 --lr 3e-3 --set head=bernoulli --set init_from=/tmp/mmserve-music-bernoulli --set time_budget_minutes=18
 
