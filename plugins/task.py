@@ -118,6 +118,12 @@ class Task(ABC):
             return vocab.itos[item]
         return item
 
+    def binary_response(self, output: dict[str, Any]) -> tuple[bytes, str] | None:
+        """(content, media type) when `POST /v1/<task>` should answer with a file instead of JSON
+        (e.g. `format=midi` → audio/midi); None for JSON. A client that sends
+        `Accept: application/json` still gets the JSON."""
+        return None
+
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
         """Map one `postprocess` result to Open Inference Protocol output tensors by name."""
         return {}

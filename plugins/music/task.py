@@ -1,5 +1,6 @@
 """The music task: continue a primer (or compose from nothing), harmonise a melody, score a
-piece; answers as JSON steps with times, MIDI, WAV or a piano-roll PNG (base64 in the JSON)."""
+piece; answers as JSON steps with times, or as a MIDI, WAV or piano-roll PNG file (base64 in
+the JSON for clients that ask for JSON)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,12 @@ class MusicTask(Task):
             output["content_type"] = media
             output["data"] = base64.b64encode(payload()).decode("ascii")
         return output
+
+    def binary_response(self, output: dict[str, Any]) -> tuple[bytes, str] | None:
+        # format=midi | wav | png answers with the file itself (audio/midi, audio/wav, image/png).
+        if "data" not in output:
+            return None
+        return base64.b64decode(output["data"]), output["content_type"]
 
     def token_text(self, item: Any, model: EncoderDecoder) -> Any:
         # Streaming: one event per token; a pitch as its MIDI number, the end of a step as "|".

@@ -88,7 +88,14 @@ async def _handle(request: Request, inference: Inference, name: str) -> Response
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return JSONResponse(await inference.run(name, body.data, body.content_type, params, request))
+    output = await inference.run(name, body.data, body.content_type, params, request)
+    binary = service.task.binary_response(output)
+    if binary is not None and "application/json" not in request.headers.get("accept", ""):
+        content, media_type = binary
+        model = output.get("model", {})
+        headers = {"X-Model-Name": str(model.get("name", name)), "X-Model-Version": str(model.get("version", ""))}
+        return Response(content, media_type=media_type, headers=headers)
+    return JSONResponse(output)
 
 
 async def _server_sent_events(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> AsyncIterator[bytes]:

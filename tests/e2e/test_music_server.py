@@ -45,11 +45,17 @@ def test_json_continuation_of_a_primer(base):
     assert all(36 <= p <= 84 for n in notes for p in n), notes
 
 
-def test_midi_answer_parses_back_and_seeded_sampling_repeats(base):
+def test_midi_answer_is_the_file_and_parses_back(base):
     midi_primer = piece_to_midi_bytes(PRIMER, tempo=100)
     response = _post(base, midi_primer, "audio/midi", length=6, format="midi", temperature=1.0)
     assert response.status_code == 200, response.text
-    body = response.json()
+    assert response.headers["content-type"] == "audio/midi" and response.headers["x-model-version"]
+    assert pretty_midi.PrettyMIDI(io.BytesIO(response.content)).instruments  # the file itself
+    response = httpx.post(
+        f"{base}/v1/music", params={"length": 6, "format": "midi", "temperature": 1.0}, content=midi_primer,
+        headers={"content-type": "audio/midi", "accept": "application/json"}, timeout=60,
+    )
+    body = response.json()  # asked for JSON: the same file, base64, beside the steps
     assert body["content_type"] == "audio/midi"
     midi = pretty_midi.PrettyMIDI(io.BytesIO(base64.b64decode(body["data"])))
     assert {n.pitch for i in midi.instruments for n in i.notes} == {p for s in body["steps"] for p in s["notes"]}
@@ -61,7 +67,8 @@ def test_wav_answer_parses_back(base):
 
     response = httpx.post(f"{base}/v1/music", params={"length": 4, "format": "wav", "tempo": 120}, content=b"", timeout=60)
     assert response.status_code == 200, response.text
-    audio, rate = soundfile.read(io.BytesIO(base64.b64decode(response.json()["data"])))
+    assert response.headers["content-type"] == "audio/wav"
+    audio, rate = soundfile.read(io.BytesIO(response.content))
     assert rate > 0 and len(audio) >= 1.5 * rate and np.abs(audio).max() > 0.001  # two seconds, not silence
 
 
