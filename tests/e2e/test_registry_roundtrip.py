@@ -73,4 +73,4 @@ def _scene_png() -> bytes:
 
 def test_plugins_command_lists_versions(tmp_path):
     out = _cli(tmp_path, "plugins")
-    assert "captioning" in out and "entry point plugins.captioning.plugin" in out
+    assert "captioning" in out and "entry point mmserve.plugins.captioning.plugin" in out
