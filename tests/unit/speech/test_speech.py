@@ -88,7 +88,7 @@ def test_loss_has_ctc_and_cross_entropy_and_trains():
     loss, parts = speech_loss(model, batch, targets, 0.1, 0.3)
     assert set(parts) == {"ce", "ctc"} and torch.isfinite(loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = float(loss)
+    first = loss.item()
     for _ in range(15):
         optimizer.zero_grad()
         loss, _ = speech_loss(model, batch, targets, 0.0, 0.3)

@@ -1,0 +1,35 @@
+"""The bundled speech model: loads, stays small, carries its measured metrics, and gives
+empty text for silence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from mmserve.plugins.nn.search import greedy_decode
+from mmserve.plugins.speech.features import frames_for
+from mmserve.plugins.speech.preprocess import featurize
+from mmserve.plugins.speech.task import SpeechTask
+
+
+def test_bundled_weights_load_small_with_metrics():
+    task = SpeechTask()
+    directory = task.bundled_artifacts()
+    assert directory is not None, "plugins/speech/weights has no weights.safetensors"
+    assert (directory / "weights.safetensors").stat().st_size <= 15 * 1024 * 1024
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert {"test_greedy_wer", "test_beam_wer", "test_greedy_cer", "test_beam_cer"} <= set(metrics)
+    model = task.load_model(directory, torch.device("cpu"))
+    assert model.config.decoder.attention == "location"
+
+
+def test_bundled_model_gives_silence_no_text():
+    task = SpeechTask()
+    model = task.load_model(task.bundled_artifacts(), torch.device("cpu"))
+    features = featurize(torch.from_numpy(np.zeros(32000, np.float32)), model.config.features)
+    assert features.shape[0] == frames_for(32000, model.config.features)
+    with torch.no_grad():
+        result = greedy_decode(model, model.encode(model.collate([features])), task.default_max_length)[0]
+    assert task.postprocess(result, model, False)["text"] == ""
