@@ -94,7 +94,7 @@ def test_loss_has_ctc_and_cross_entropy_and_trains():
         loss, _ = speech_loss(model, batch, targets, 0.0, 0.3)
         loss.backward()
         optimizer.step()
-    assert float(loss) < first, "the loss should fall when fitting two utterances"
+    assert loss.item() < first, "the loss should fall when fitting two utterances"
 
 
 def test_spec_augment_masks_bands_and_frames():
