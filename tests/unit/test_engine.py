@@ -86,6 +86,14 @@ async def _until(condition, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.001)
 
 
+def _completion_order(**futures: asyncio.Future) -> list[str]:
+    """Names of `futures` in the order they complete (filled in as they do)."""
+    order: list[str] = []
+    for name, future in futures.items():
+        future.add_done_callback(lambda _, name=name: order.append(name))
+    return order
+
+
 class GatedEcho(EchoModel):
     """EchoModel whose steps run only when the test lets them: behaviour by construction,
     not by timing luck. `allow(n)` lets n more steps run; `wait_for_steps(n)` blocks until
@@ -132,10 +140,12 @@ def test_request_joins_a_running_batch_mid_sequence():
             await asyncio.to_thread(model.wait_for_steps, 3)
             second = asyncio.ensure_future(engine.generate(_encode_text("xy"), DecodeParams(max_length=64)))
             await _until(lambda: engine.encoded_requests == 2)  # encoded: joins at the next step
+            order = _completion_order(first=first, second=second)
             model.allow()
-            done, _ = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
-            assert done == {second}, "the short request that joined later must finish first"
-            return await first, await second
+            results = await first, await second
+            # Results reach the event loop in step order, so this is the order they finished in.
+            assert order == ["second", "first"], "the short request that joined later must finish first"
+            return results
 
         first, second = _run(main())
         assert (_text(first.tokens), _text(second.tokens)) == ("ABCDEFGHIJ", "XY")
@@ -158,10 +168,11 @@ def test_greedy_request_is_not_stalled_by_a_long_beam_request():
             await asyncio.to_thread(model.wait_for_steps, 2)
             greedy = asyncio.ensure_future(engine.generate(_encode_text("go"), DecodeParams(max_length=8)))
             await _until(lambda: engine.encoded_requests == 2)
+            order = _completion_order(beam=beam, greedy=greedy)
             model.allow()
-            done, _ = await asyncio.wait({beam, greedy}, return_when=asyncio.FIRST_COMPLETED)
-            assert done == {greedy}, "a greedy request waited for a whole beam search"
-            return await beam, await greedy
+            results = await beam, await greedy
+            assert order == ["greedy", "beam"], "a greedy request waited for a whole beam search"
+            return results
 
         beam, greedy = _run(main())
         assert _text(beam.tokens) == "B" * 300 and _text(greedy.tokens) == "GO"
