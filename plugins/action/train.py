@@ -10,7 +10,6 @@ Task-specific knobs live in `DEFAULTS`, overridden with `mmserve train action --
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -30,6 +29,7 @@ from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.nn.vocab import Vocabulary
 from mmserve.plugins.task import TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
+from mmserve.plugins.training import resolve_settings as resolve_task_settings
 
 DEFAULTS: dict[str, Any] = {
     # data: clips are generated on the fly, new ones every epoch
@@ -63,30 +63,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    # `--set key=value` arrives as a string or JSON value; read it as the default's type.
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(f"setting {key!r} expects true/false, got {value!r}")
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if isinstance(default, list):
-        if isinstance(value, str):
-            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
-        return [int(v) for v in value]
-    try:
-        return type(default)(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"setting {key!r} expects {type(default).__name__}, got {value!r}") from error
-
-
 def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS overridden by `extra`; unknown keys are an error that lists the known ones."""
-    unknown = sorted(set(extra) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown action setting(s) {unknown}; known: {', '.join(sorted(DEFAULTS))}")
-    return {key: _coerce(key, extra.get(key, default), default) for key, default in DEFAULTS.items()}
+    """DEFAULTS overridden by `extra` (see mmserve.plugins.training)."""
+    return resolve_task_settings("action", DEFAULTS, extra)
 
 
 def build_model(settings: dict[str, Any], vocab: Vocabulary, mode: str = "sequence") -> ActionRecognizer:

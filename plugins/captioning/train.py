@@ -13,7 +13,6 @@ weights.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -47,6 +46,7 @@ from mmserve.plugins.nn.search import greedy_decode
 from mmserve.plugins.nn.vocab import Vocabulary
 from mmserve.plugins.task import TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
+from mmserve.plugins.training import resolve_settings as resolve_task_settings
 
 DEFAULTS: dict[str, Any] = {
     # data: scenes are generated on the fly; training draws fresh layouts every epoch
@@ -85,36 +85,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    # `--set key=value` arrives as a string; read it as the default's type.
-    if not isinstance(value, str) or isinstance(default, str):
-        if isinstance(default, list) and isinstance(value, (list, tuple)):
-            return [int(v) for v in value]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    text = value.strip()
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"setting {key!r} expects true/false, got {value!r}")
-    if isinstance(default, list):
-        items = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
-        return [int(v) for v in items]
-    try:
-        return type(default)(text)
-    except ValueError as error:
-        raise ValueError(f"setting {key!r} expects {type(default).__name__}, got {value!r}") from error
-
-
 def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS overridden by `extra`; unknown keys are an error that lists the known ones."""
-    unknown = sorted(set(extra) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown captioning setting(s) {unknown}; known: {', '.join(sorted(DEFAULTS))}")
-    return {key: _coerce(key, extra.get(key, default), default) for key, default in DEFAULTS.items()}
+    """DEFAULTS overridden by `extra` (see mmserve.plugins.training)."""
+    return resolve_task_settings("captioning", DEFAULTS, extra)
 
 
 def build_model(settings: dict[str, Any], vocab: Vocabulary) -> Captioner:

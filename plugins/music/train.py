@@ -41,6 +41,7 @@ from mmserve.plugins.music.tokens import NUM_PITCHES
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.task import TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
+from mmserve.plugins.training import resolve_settings as resolve_task_settings
 
 DEFAULTS: dict[str, Any] = {
     "data": "quarter",  # quarter (benchmark, continuation) | harmony (16th-note SATB, melody -> ATB)
@@ -79,28 +80,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"setting {key!r} expects true/false, got {value!r}")
-    try:
-        return type(default)(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"setting {key!r} expects {type(default).__name__}, got {value!r}") from error
-
-
 def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS overridden by `extra`; unknown keys are an error that lists the known ones."""
-    unknown = sorted(set(extra) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown music setting(s) {unknown}; known: {', '.join(sorted(DEFAULTS))}")
-    s = {key: _coerce(key, extra.get(key, default), default) for key, default in DEFAULTS.items()}
+    """DEFAULTS overridden by `extra` (see mmserve.plugins.training)."""
+    s = resolve_task_settings("music", DEFAULTS, extra)
     assert s["data"] in ("quarter", "harmony"), f"data must be quarter or harmony, got {s['data']!r}"
     return s
 

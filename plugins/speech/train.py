@@ -31,6 +31,7 @@ from mmserve.plugins.speech.model import ListenAttendSpell, ListenerConfig, Spee
 from mmserve.plugins.speech.text import char_vocabulary, encode_chars
 from mmserve.plugins.task import TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
+from mmserve.plugins.training import resolve_settings as resolve_task_settings
 
 DEFAULTS: dict[str, Any] = {
     # data (generated once into the cache directory; "" = $MMSERVE_DATA_DIR/speech-data)
@@ -70,26 +71,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    # `--set key=value` arrives JSON-decoded when it can be, else as a string.
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(f"setting {key!r} expects true/false, got {value!r}")
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    try:
-        return type(default)(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"setting {key!r} expects {type(default).__name__}, got {value!r}") from error
-
-
 def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS overridden by `extra`; unknown keys are an error that lists the known ones."""
-    unknown = sorted(set(extra) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown speech setting(s) {unknown}; known: {', '.join(sorted(DEFAULTS))}")
-    return {key: _coerce(key, extra[key], default) if key in extra else default for key, default in DEFAULTS.items()}
+    """DEFAULTS overridden by `extra` (see mmserve.plugins.training)."""
+    return resolve_task_settings("speech", DEFAULTS, extra)
 
 
 def build_model(s: dict[str, Any]) -> ListenAttendSpell:
