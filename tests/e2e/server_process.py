@@ -45,7 +45,7 @@ def running_server(
     log_path = data_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "mmserve.server", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=full_env,
             stdout=log,

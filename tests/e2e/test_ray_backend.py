@@ -95,7 +95,7 @@ def ray_server(tmp_path_factory) -> Iterator[str]:
     try:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "server", "--config", str(config),
+                [sys.executable, "-m", "mmserve.server", "--config", str(config),
                  "serve", "--backend", "ray", "--port", str(port)],
                 cwd=ROOT,
                 env=env,

@@ -19,7 +19,7 @@ TINY = ["--set", "train_scenes=64", "--set", "val_scenes=16", "--set", "test_sce
 
 def _cli(data_dir, *args: str) -> str:
     env = {**os.environ, "MMSERVE_DATA_DIR": str(data_dir), "MMSERVE_PLUGINS": "captioning", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "mmserve.server", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 

@@ -29,7 +29,7 @@ def installed_echo(tmp_path_factory):
 def test_installed_plugin_is_discovered_through_its_entry_point(installed_echo, tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(installed_echo)])}
     listing = subprocess.run(
-        [sys.executable, "-m", "server", "plugins", "--json"],
+        [sys.executable, "-m", "mmserve.server", "plugins", "--json"],
         cwd=ROOT, env={**os.environ, **env, "MMSERVE_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, check=True,
     )
     assert '"echo"' in listing.stdout and "entry point mmserve_echo.plugin" in listing.stdout
