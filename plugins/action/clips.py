@@ -12,10 +12,11 @@ whole clip and are never named, so "which digit acts" is read from the pixels, n
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
+
+from mmserve.plugins.handwriting import SPLITS, digit_bank, split_samples
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Every action is a verb plus one word; the caption of a clip is
@@ -49,30 +50,6 @@ ZOOM_IN, ZOOM_OUT = (1.3, 1.5), (0.6, 0.75)  # scale factors; the scale stays wi
 SCALE_RANGE = (0.55, 1.55)
 START_INVISIBLE = 0.15  # chance an actor starts faded out (its first action is then "fades in")
 
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
-SPLIT_SEED = 1797  # fixed, independent of any clip seed: no seed can leak test handwriting
-
-
-@functools.lru_cache(maxsize=1)
-def digit_bank() -> tuple[np.ndarray, np.ndarray]:
-    """The 1797 handwritten digits: images float32 [1797, 8, 8] in 0..1, labels int [1797]."""
-    from sklearn.datasets import load_digits  # ships with scikit-learn; no download
-
-    digits = load_digits()
-    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
-
-
-@functools.cache
-def split_samples(split: str) -> np.ndarray:
-    """Indices into `digit_bank()` that clips of `split` may use; the three sets are disjoint."""
-    assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
-    count = len(digit_bank()[1])
-    order = np.random.default_rng(SPLIT_SEED).permutation(count)
-    ends = np.cumsum([round(f * count) for f in SPLIT_FRACTIONS])
-    ends[-1] = count
-    start = 0 if split == "train" else ends[SPLITS.index(split) - 1]
-    return np.sort(order[start : ends[SPLITS.index(split)]])
 
 
 @dataclass(frozen=True)

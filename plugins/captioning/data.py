@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmserve.plugins.handwriting import SPLITS, digit_bank, split_samples
 from mmserve.plugins.media import image_to_tensor
 from mmserve.plugins.nn.vocab import Vocabulary
 
@@ -51,11 +52,6 @@ BAND_CENTRES = (13, 35)
 JITTER = 2
 RELATION_WORDS = {"same": "left of", "up": "above", "down": "below"}
 
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
-# The digit-sample split is fixed, independent of the scene seed, so no choice of seed can
-# leak test handwriting into training.
-SPLIT_SEED = 1797
 # Probability that training uses each reference template; greedy decoding then settles on the
 # first template instead of dithering between equally likely openings.
 TEMPLATE_WEIGHTS = (0.5, 0.25, 0.25)
@@ -76,27 +72,6 @@ def digit_words(caption: str) -> list[int]:
     """The digits named in a caption, in order (how "digit accuracy" reads a caption)."""
     index = {word: digit for digit, word in enumerate(NUMBER_WORDS)}
     return [index[w] for w in tokenize(caption) if w in index]
-
-
-@functools.lru_cache(maxsize=1)
-def digit_bank() -> tuple[np.ndarray, np.ndarray]:
-    """The 1797 handwritten digits: images float32 [1797, 8, 8] in 0..1, labels int [1797]."""
-    from sklearn.datasets import load_digits  # ships with scikit-learn; no download
-
-    digits = load_digits()
-    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
-
-
-@functools.cache
-def split_samples(split: str) -> np.ndarray:
-    """Indices into `digit_bank()` that scenes of `split` may use; the three sets are disjoint."""
-    assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
-    count = len(digit_bank()[1])
-    order = np.random.default_rng(SPLIT_SEED).permutation(count)
-    ends = np.cumsum([round(f * count) for f in SPLIT_FRACTIONS])
-    ends[-1] = count
-    start = 0 if split == "train" else ends[SPLITS.index(split) - 1]
-    return np.sort(order[start : ends[SPLITS.index(split)]])
 
 
 @dataclass(frozen=True)
