@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmserve.plugins.nn import AttentionDecoder, DecoderConfig, EncoderDecoder, Memory, beam_search, greedy_decode
+from mmserve.plugins.nn import Memory, beam_search, greedy_decode
 from mmserve.plugins.nn.attention import LocationAttention, build_attention, fit_positions
 from mmserve.plugins.nn.contract import concat_states
 from mmserve.plugins.nn.decoding import DecodeParams, DecodingBatch, Sequence
-from mmserve.plugins.nn.heads import CategoricalHead
+from tests.unit.test_nn import TinyModel, _rows
 
 
 def _padded_memory(lengths: list[int], dim: int = 16, seed: int = 0) -> Memory:
@@ -69,34 +69,14 @@ def test_concat_states_pads_per_position_tensors():
     assert joined["attn"][0].tolist() == [0.5, 0.5, 0.5, 0, 0, 0]
 
 
-class LocationModel(EncoderDecoder):
+class LocationModel(TinyModel):
+    """test_nn's TinyModel with location-aware attention."""
+
     def __init__(self, vocab: int = 11):
-        super().__init__()
-        torch.manual_seed(0)
-        config = DecoderConfig(vocab_size=vocab, memory_dim=16, embed_dim=8, hidden_dim=16, attn_dim=8,
-                               cell="lstm", dropout=0.0, attention="location")  # fmt: skip
-        self.decoder = AttentionDecoder(config).eval()
+        super().__init__("lstm", "location", vocab=vocab)
         # A strong bias away from <eos> so sequences run long enough to exercise the state.
         with torch.no_grad():
             self.decoder.out.bias[2] = -3.0
-        self.head = CategoricalHead(bos_id=1, eos_id=2)
-
-    def encode(self, batch: Memory) -> Memory:
-        return self.decoder.prepare_memory(batch.values, batch.mask)
-
-    def init_state(self, memory):
-        return self.decoder.init_state(memory)
-
-    def step(self, prev, state, memory):
-        return self.decoder.step(prev, state, memory)
-
-
-def _rows(memory: Memory) -> list[Memory]:
-    out = []
-    for i in range(memory.batch_size):
-        n = int(memory.mask[i].sum())
-        out.append(Memory(memory.values[i : i + 1, :n], memory.mask[i : i + 1, :n]))
-    return out
 
 
 def test_location_state_is_uniform_over_real_positions():
