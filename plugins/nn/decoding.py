@@ -36,6 +36,7 @@ class DecodeParams:
     top_p: float = 1.0
     length_penalty: float = 0.0  # GNMT alpha, beam search only
     keep_attention: bool = False
+    seed: int | None = None  # sampled rows draw from their own generator: same seed, same output
 
 
 @dataclass
@@ -129,6 +130,7 @@ class DecodingBatch:
             [p.top_k for p in flat_params],
             [p.top_p for p in flat_params],
             memory.values.device,
+            [p.seed if p.beam_size == 1 else None for p in flat_params],
         )
         prev = self.head.start(len(flat_params), memory.values.device)
         slot = self.rows

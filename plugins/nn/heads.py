@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,20 +28,35 @@ import torch.nn.functional as F
 
 @dataclass
 class Sampling:
-    """Per-row choice parameters, tensors [B] on the model's device. temperature 0 = greedy."""
+    """Per-row choice parameters, tensors [B] on the model's device. temperature 0 = greedy.
+
+    `generators` [B] (optional) gives a row its own random stream: a request with a `seed`
+    draws only from its generator, so it samples the same outputs whatever rows share its
+    batch. Rows without one share a single batched draw.
+    """
 
     temperature: torch.Tensor
     top_k: torch.Tensor
     top_p: torch.Tensor
+    generators: tuple[torch.Generator | None, ...] = ()  # () = no seeded row
 
     @staticmethod
     def build(
-        temperature: list[float], top_k: list[int], top_p: list[float], device: torch.device | str
+        temperature: list[float],
+        top_k: list[int],
+        top_p: list[float],
+        device: torch.device | str,
+        seeds: list[int | None] | None = None,
     ) -> Sampling:
+        generators: tuple[torch.Generator | None, ...] = ()
+        if seeds is not None and any(s is not None for s in seeds):
+            assert len(seeds) == len(temperature), f"{len(seeds)} seeds for {len(temperature)} rows"
+            generators = tuple(None if s is None else torch.Generator(device=device).manual_seed(s) for s in seeds)
         return Sampling(
             torch.tensor(temperature, dtype=torch.float32, device=device),
             torch.tensor(top_k, dtype=torch.long, device=device),
             torch.tensor(top_p, dtype=torch.float32, device=device),
+            generators,
         )
 
     @staticmethod
@@ -48,15 +64,50 @@ class Sampling:
         return Sampling.build([0.0] * batch, [0] * batch, [1.0] * batch, device)
 
     def select(self, index: torch.Tensor) -> Sampling:
-        return Sampling(self.temperature[index], self.top_k[index], self.top_p[index])
+        generators = tuple(self.generators[i] for i in index.tolist()) if self.generators else ()
+        return Sampling(self.temperature[index], self.top_k[index], self.top_p[index], generators)
 
     @staticmethod
     def concat(parts: list[Sampling]) -> Sampling:
+        generators: tuple[torch.Generator | None, ...] = ()
+        if any(p.generators for p in parts):
+            generators = tuple(g for p in parts for g in (p.generators or (None,) * len(p.temperature)))
         return Sampling(
             torch.cat([p.temperature for p in parts]),
             torch.cat([p.top_k for p in parts]),
             torch.cat([p.top_p for p in parts]),
+            generators,
         )
+
+    def draw(
+        self,
+        rows: torch.Tensor,
+        sample: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Random draws for the batch rows `rows` [R]. `sample(positions, generator)` draws for
+        `positions` (indices into `rows`) along dim 0. Unseeded rows share one call with
+        `generator` (torch's default when None); each seeded row gets its own call with its
+        own generator, so what it draws never depends on its neighbours."""
+        everything = torch.arange(len(rows), device=rows.device)
+        if not self.generators:
+            return sample(everything, generator)
+        own = [(j, self.generators[r]) for j, r in enumerate(rows.tolist()) if self.generators[r] is not None]
+        if not own:
+            return sample(everything, generator)
+        seeded = {j for j, _ in own}
+        plain = [j for j in range(len(rows)) if j not in seeded]
+        positions, parts = [], []
+        if plain:
+            index = torch.tensor(plain, device=rows.device)
+            positions.append(index)
+            parts.append(sample(index, generator))
+        for j, own_generator in own:
+            index = torch.tensor([j], device=rows.device)
+            positions.append(index)
+            parts.append(sample(index, own_generator))
+        order = torch.cat(positions).argsort()
+        return torch.cat(parts)[order]
 
 
 class OutputHead(ABC):
@@ -111,7 +162,7 @@ class CategoricalHead(OutputHead):
         return torch.full((batch,), self.bos_id, dtype=torch.long, device=device)
 
     def choose(self, output, sampling, generator=None):
-        return choose_next_tokens(output, sampling.temperature, sampling.top_k, sampling.top_p, generator)
+        return choose_next_tokens(output, sampling.temperature, sampling.top_k, sampling.top_p, generator, sampling)
 
     def log_probs(self, output: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of every token [B, V] (beam search expands these)."""
@@ -152,8 +203,8 @@ class BernoulliHead(OutputHead):
         frame = (logits > 0).float()
         sampled = (sampling.temperature > 0).nonzero(as_tuple=True)[0]
         if sampled.numel():
-            tempered = logits[sampled] / sampling.temperature[sampled].unsqueeze(1)
-            frame[sampled] = torch.bernoulli(torch.sigmoid(tempered), generator=generator)
+            probs = torch.sigmoid(logits[sampled] / sampling.temperature[sampled].unsqueeze(1))  # [R, U]
+            frame[sampled] = sampling.draw(sampled, lambda at, g: torch.bernoulli(probs[at], generator=g), generator)
         return frame, self.log_prob(logits, frame)
 
     def log_prob(self, output, target):
@@ -197,8 +248,9 @@ class GaussianHead(OutputHead):
 
     def choose(self, output, sampling, generator=None):
         mean, log_var = self.split(output)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device) if generator is not None else (
-            torch.randn_like(mean)
+        rows = torch.arange(mean.shape[0], device=mean.device)
+        noise = sampling.draw(  # [B, D]
+            rows, lambda at, g: torch.randn((len(at), self.dim), generator=g, device=mean.device), generator
         )
         scale = sampling.temperature.float().unsqueeze(1) * torch.exp(0.5 * log_var)
         value = mean + scale * noise  # temperature 0 rows get exactly the mean
@@ -239,10 +291,12 @@ def choose_next_tokens(
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     generator: torch.Generator | None = None,
+    sampling: Sampling | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row: argmax where temperature == 0, else sample from the tempered,
     top-k / top-p filtered distribution. Returns tokens [B] and their log-probabilities [B]
-    under the model's unmodified distribution (so scores compare across strategies)."""
+    under the model's unmodified distribution (so scores compare across strategies).
+    `sampling`, when given, supplies the seeded rows' own generators."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
     tokens = log_probs.argmax(dim=-1)
     sampled_rows = (temperature > 0).nonzero(as_tuple=True)[0]
@@ -252,7 +306,11 @@ def choose_next_tokens(
         scaled = _filter_top_p(scaled, top_p[sampled_rows])
         probs = torch.softmax(scaled, dim=-1)
         tokens = tokens.clone()
-        tokens[sampled_rows] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if sampling is None:
+            tokens[sampled_rows] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            draw = sampling.draw(sampled_rows, lambda at, g: torch.multinomial(probs[at], 1, generator=g), generator)
+            tokens[sampled_rows] = draw.squeeze(1)
     return tokens, log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 

@@ -22,6 +22,10 @@ class GenerationParams(BaseModel):
     top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0 = all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass")
     length_penalty: float = Field(0.0, ge=0.0, le=5.0, description="GNMT length penalty alpha (beam search)")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Sampling seed: the same seed and input give the same output, "
+        "whatever other requests share the batch"
+    )
     attention: bool = Field(False, description="Include attention weights per output token")
     stream: bool = Field(False, description="Answer with server-sent events, one per token")
     options: dict[str, Any] = Field(
@@ -70,4 +74,5 @@ def to_decode_params(params: GenerationParams, default_max_length: int, settings
         top_p=params.top_p,
         length_penalty=params.length_penalty,
         keep_attention=params.attention,
+        seed=params.seed,
     )
