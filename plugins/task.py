@@ -29,6 +29,7 @@ class InputLimits:
     max_pixels: int = 16_000_000
     max_frames: int = 512
     max_duration_s: float = 60.0
+    max_output_length: int | None = None  # this task's configured output limit (tasks.<name>.max_output_length)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class Task(ABC):
     v2_inputs: tuple[TensorSpec, ...] = ()
     v2_outputs: tuple[TensorSpec, ...] = ()
     default_max_length: int = 32
+    # The task's own upper bound for a request's output length (tokens / steps), when it needs
+    # more than the server-wide `max_output_length`; `tasks.<name>.max_output_length` overrides it.
+    max_output_length: int | None = None
     # The task's own request parameters (e.g. frames per second), a pydantic model; when set,
     # preprocess and postprocess receive a validated instance as `options=`.
     request_options: type[BaseModel] | None = None
@@ -104,6 +108,13 @@ class Task(ABC):
     @abstractmethod
     def postprocess(self, result: DecodeResult, model: EncoderDecoder, include_attention: bool) -> dict[str, Any]:
         """JSON fields for one decoded sequence (e.g. caption, tokens, score)."""
+
+    def output_length(self, options: BaseModel | None, limit: int) -> int | None:
+        """The decode length (max_length) a request's own options ask for, e.g. music's `length`
+        in time steps turned into tokens; None: the task default. `limit` is the task's output
+        limit: raise UnprocessableInput (422) naming it, in the task's own unit, when the options
+        ask for more."""
+        return None
 
     def input_cost(self, inputs: Any) -> int:
         """What one preprocessed input costs the encoder batch (e.g. its audio or video frames).

@@ -58,6 +58,11 @@ class TaskSettings(BaseModel):
     )
     max_frames: int | None = Field(None, ge=1, description="This task's video frame limit (server-wide if unset)")
     max_duration_s: float | None = Field(None, gt=0, description="This task's media length limit, seconds")
+    max_output_length: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="This task's upper bound for a request's output length (tokens / steps); unset: the task's "
+        "own limit, else the server-wide max_output_length",
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="Wait from the first arrival for a fuller batch")
     max_active: int = Field(64, ge=1, le=4096, description="Sequences decoding at once")
     max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting for a decode slot; then 503")
@@ -230,7 +235,15 @@ class Settings(BaseSettings):
             limits = replace(limits, max_frames=task.max_frames)
         if task.max_duration_s is not None:
             limits = replace(limits, max_duration_s=task.max_duration_s)
+        if task.max_output_length is not None:
+            limits = replace(limits, max_output_length=task.max_output_length)
         return limits
+
+    def output_limit(self, name: str, task_default: int | None = None) -> int:
+        """The most output a request to task `name` may ask for: its setting, else the task's
+        own limit (`Task.max_output_length`), else the server-wide `max_output_length`."""
+        configured = self.task(name).max_output_length
+        return configured or task_default or self.max_output_length
 
 
 class _ResolvedSettings(Settings):

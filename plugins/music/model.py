@@ -29,6 +29,7 @@ from mmserve.plugins.music.tokens import (
     BOS_ID,
     EOS_ID,
     FIRST_PITCH_ID,
+    MAX_NOTES_PER_STEP,
     NUM_PITCHES,
     PAD_ID,
     STEP_ID,
@@ -262,6 +263,10 @@ class MusicModel(EncoderDecoder):
         new_state["last"] = torch.where(advance, torch.full_like(last, -1), torch.where(is_pitch, pitch, last))
         new_state["steps_left"] = state["steps_left"] - (prev == STEP_ID).long()
         logits = self.notes(new_state["features"], new_state["frame"], new_state["last"])
+        # A step holding MAX_NOTES_PER_STEP notes may only close, which bounds a step's tokens
+        # (TOKENS_PER_STEP) and so a request's tokens by its steps. No chorale step comes close.
+        full = (new_state["frame"].sum(dim=1) >= MAX_NOTES_PER_STEP).unsqueeze(1)  # [B, 1]
+        logits = logits.masked_fill(full & (torch.arange(logits.shape[1], device=logits.device) >= FIRST_PITCH_ID), float("-inf"))
         # A row that has written all its requested steps may only end: <eos> is then certain.
         done = (new_state["steps_left"] <= 0).unsqueeze(1)
         only_eos = torch.full_like(logits, float("-inf"))

@@ -13,21 +13,24 @@ from pydantic import BaseModel, Field
 
 from mmserve.plugins.errors import InputError, PayloadTooLarge, UnprocessableInput, UnsupportedMediaType
 from mmserve.plugins.music.midi import MidiError, midi_bytes_to_piece
-from mmserve.plugins.music.tokens import HIGHEST_PITCH, LOWEST_PITCH, Piece
+from mmserve.plugins.music.tokens import HIGHEST_PITCH, LOWEST_PITCH, MAX_NOTES_PER_STEP, Piece
 
 MIDI_TYPES = ("audio/midi", "audio/x-midi", "audio/mid", "application/x-midi")
 JSON_TYPES = ("application/json", "text/json")
 CONTENT_TYPES = MIDI_TYPES + JSON_TYPES
 MAX_INPUT_STEPS = 512  # a primer, a melody or a piece to score
-MAX_GENERATED_STEPS = 256
-MAX_NOTES_PER_STEP = 16
+MAX_GENERATED_STEPS = 512  # the task's default output limit, in time steps (tasks.music.max_output_length overrides)
 
 
 class MusicOptions(BaseModel):
     """The music task's own request parameters (validated by the server: 422 on bad values)."""
 
     mode: Literal["continue", "harmonize", "score"] = Field("continue", description="continue | harmonize | score")
-    length: int = Field(16, ge=1, le=MAX_GENERATED_STEPS, description="Time steps to generate (continue mode)")
+    length: int = Field(
+        16, ge=1, description="How much to generate (continue mode), in `length_unit`s; at most the task's output "
+        f"limit (tasks.music.max_output_length; by default {MAX_GENERATED_STEPS} steps)"
+    )
+    length_unit: Literal["steps", "beats"] = Field("steps", description="steps (time steps) | beats")
     tempo: float = Field(100.0, ge=20.0, le=300.0, description="Beats per minute for times, MIDI and audio")
     format: Literal["json", "midi", "wav", "png"] = Field("json", description="json | midi | wav | png")
 

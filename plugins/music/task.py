@@ -9,14 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
-from mmserve.plugins.errors import UnprocessableInput
+from mmserve.plugins.errors import PayloadTooLarge, UnprocessableInput
 from mmserve.plugins.music.checkpoint import load_music_model
 from mmserve.plugins.music.midi import piece_to_midi_bytes
 from mmserve.plugins.music.model import MusicModel
 from mmserve.plugins.music.preprocess import CONTENT_TYPES, MAX_GENERATED_STEPS, MusicOptions, parse_piece
 from mmserve.plugins.music.render import midi_to_wav, piano_roll_png
-from mmserve.plugins.music.tokens import EOS_ID, STEP_ID, piece_to_roll, token_to_pitch, tokens_to_piece
+from mmserve.plugins.music.tokens import (
+    EOS_ID,
+    STEP_ID,
+    piece_to_roll,
+    steps_to_tokens,
+    token_to_pitch,
+    tokens_to_piece,
+    tokens_to_steps,
+)
 from mmserve.plugins.nn.contract import EncoderDecoder
 from mmserve.plugins.nn.decoding import DecodeResult
 from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
@@ -24,6 +33,12 @@ from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 STEPS_PER_BEAT = {"quarter": 1, "harmony": 4}
+
+
+def requested_steps(options: MusicOptions) -> int:
+    """Time steps a continue request asks for: `length` steps, or beats at one step per beat
+    (continuation is trained on the quarter-note split)."""
+    return options.length * (STEPS_PER_BEAT["quarter"] if options.length_unit == "beats" else 1)
 
 
 class MusicTask(Task):
@@ -35,15 +50,32 @@ class MusicTask(Task):
     content_types = CONTENT_TYPES
     v2_inputs = (TensorSpec("PRIMER", "BYTES", (1,)),)
     v2_outputs = (TensorSpec("MIDI", "BYTES", (1,)), TensorSpec("NOTES", "BYTES", (1,)))
-    # Tokens, not steps: a chorale step is ~4 notes + <step>. The model ends each row itself
-    # after `length` steps; the server's max_output_length still caps the tokens.
-    default_max_length = 6 * MAX_GENERATED_STEPS
+    # Tokens, not steps. The model ends each row itself after its steps, and a generated step
+    # takes at most TOKENS_PER_STEP tokens, so a request's token budget follows from its steps;
+    # the output limit (tasks.music.max_output_length, in tokens) bounds the steps one may ask for.
+    default_max_length = steps_to_tokens(16)
+    max_output_length = steps_to_tokens(MAX_GENERATED_STEPS)
     request_options = MusicOptions
 
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
         model = load_music_model(artifact_dir, device)
         assert model.config.head == "serial", "the served music model must have the serial note head"
         return model
+
+    def output_length(self, options: BaseModel | None, limit: int) -> int | None:
+        """Tokens for the requested steps (continue); a melody's length is known only after
+        preprocess, which checks it (harmonize)."""
+        assert options is None or isinstance(options, MusicOptions), f"expected MusicOptions, got {type(options).__name__}"
+        options = options or MusicOptions()
+        if options.mode != "continue":
+            return limit
+        steps = requested_steps(options)
+        if steps > tokens_to_steps(limit):
+            raise UnprocessableInput(
+                f"length {options.length} {options.length_unit} is {steps} time steps, over this task's limit of "
+                f"{tokens_to_steps(limit)} steps (max_output_length {limit} tokens)"
+            )
+        return steps_to_tokens(steps)
 
     def bundled_artifacts(self) -> Path | None:
         return WEIGHTS_DIR
@@ -64,8 +96,14 @@ class MusicTask(Task):
         if options.mode == "harmonize":
             if not piece:
                 raise UnprocessableInput("mode=harmonize needs a melody")
+            limit = limits.max_output_length or self.max_output_length
+            if len(piece) > tokens_to_steps(limit):
+                raise PayloadTooLarge(
+                    f"a melody of {len(piece)} steps is over this task's output limit of {tokens_to_steps(limit)} "
+                    f"steps (max_output_length {limit} tokens)"
+                )
             return piece_to_roll(piece), len(piece)
-        return piece_to_roll(piece), options.length  # an empty primer is the null memory
+        return piece_to_roll(piece), requested_steps(options)  # an empty primer is the null memory
 
     def input_cost(self, inputs: Any) -> int:
         return max(int(inputs[0].shape[0]), 1)

@@ -26,6 +26,18 @@ EOS_ID = 2  # end of a piece: never predicted (masked); generation stops at a le
 STEP_ID = 3  # end of one time step
 FIRST_PITCH_ID = 4
 VOCAB_SIZE = FIRST_PITCH_ID + NUM_PITCHES  # 92
+MAX_NOTES_PER_STEP = 16  # a generated step closes after this many notes; inputs may not hold more
+TOKENS_PER_STEP = MAX_NOTES_PER_STEP + 1  # the most tokens one step takes (its notes + <step>)
+
+
+def steps_to_tokens(steps: int) -> int:
+    """The most tokens `steps` generated time steps can take, <eos> included."""
+    return steps * TOKENS_PER_STEP + 1
+
+
+def tokens_to_steps(tokens: int) -> int:
+    """The most time steps that always fit in `tokens` tokens."""
+    return max((tokens - 1) // TOKENS_PER_STEP, 0)
 
 Step = list[int]
 Piece = list[Step]

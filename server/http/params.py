@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmserve.plugins.task import Task
 from mmserve.server.engine import DecodeParams
 from mmserve.server.http.errors import ApiError
 from mmserve.server.settings import Settings
@@ -37,10 +38,12 @@ PARAM_NAMES = tuple(name for name in GenerationParams.model_fields if name != "o
 
 
 def parse_params(
-    raw: dict[str, Any], settings: Settings, task_options: type[BaseModel] | None = None
+    raw: dict[str, Any], settings: Settings, task_options: type[BaseModel] | None = None, task: Task | None = None
 ) -> GenerationParams:
     """Validate raw (string or typed) values: the decoding parameters every task shares, plus
-    the task's own `request_options`; 422 naming each bad or unknown parameter."""
+    the task's own `request_options`; 422 naming each bad or unknown parameter. With `task`,
+    max_length is checked against that task's output limit and, when the client leaves it
+    unset, taken from the task (`Task.output_length` of its options, else its default)."""
     own = tuple(task_options.model_fields) if task_options is not None else ()
     unknown = sorted(set(raw) - set(PARAM_NAMES) - set(own))
     if unknown:
@@ -56,8 +59,14 @@ def parse_params(
         raise ApiError(422, f"invalid parameter: {problems}") from None
     if params.beam_size > settings.max_beam_size:
         raise ApiError(422, f"beam_size {params.beam_size} is over the limit of {settings.max_beam_size}")
-    if params.max_length is not None and params.max_length > settings.max_output_length:
-        raise ApiError(422, f"max_length {params.max_length} is over the limit of {settings.max_output_length}")
+    limit, where = settings.max_output_length, "max_output_length"
+    if task is not None:
+        limit, where = settings.output_limit(task.name, task.max_output_length), f"task {task.name!r}'s max_output_length"
+    if params.max_length is not None and params.max_length > limit:
+        raise ApiError(422, f"max_length {params.max_length} is over the limit of {limit} ({where})")
+    if task is not None and params.max_length is None:
+        options = task.request_options.model_validate(params.options) if task.request_options is not None else None
+        params.max_length = task.output_length(options, limit) or min(task.default_max_length, limit)
     if params.beam_size > 1 and params.temperature > 0:
         raise ApiError(422, "beam_size > 1 cannot be combined with sampling (temperature > 0)")
     if params.beam_size > 1 and params.stream:

@@ -283,7 +283,7 @@ def _check_batch_size(settings: Settings, task: str, size: int) -> None:
 
 def _generation_params(raw: dict[str, Any], settings: Settings, task: Task) -> GenerationParams:
     ours = {k: v for k, v in raw.items() if k not in TRITON_PARAMS and not k.startswith(TRITON_PARAM_PREFIX)}
-    params = parse_params(ours, settings, task.request_options)
+    params = parse_params(ours, settings, task.request_options, task)
     if params.stream:
         raise ApiError(422, "parameter 'stream' is not available over v2; use POST /v1/<task>?stream=true")
     return params
