@@ -98,19 +98,33 @@ class ContinuationSampler:
 
 class HarmonySampler:
     """Training items for harmonisation: source = soprano roll, target = the lower voices, both
-    transposed by the same random shift."""
+    transposed by the same random shift.
 
-    def __init__(self, chorales: Sequence[Harmony], max_shift: int, seed: int):
+    With `crop` > 0 each chorale is cut, from a random offset, into windows of at most `crop`
+    steps (melody and voices alike): the decoder loop then runs over short windows with many
+    rows at once, which is several times faster per step on a CPU than whole 16th-note
+    chorales (up to ~600 steps); every step is still seen once per epoch.
+    """
+
+    def __init__(self, chorales: Sequence[Harmony], max_shift: int, seed: int, crop: int = 0):
+        assert crop >= 0, f"crop must be >= 0 (0 = whole chorales), got {crop}"
         self.chorales = list(chorales)
         both = [[m + low for m, low in zip(c.melody, c.lower)] for c in self.chorales]
         self.shifts = [transpositions(p, max_shift) for p in both]
+        self.crop = crop
         self.rng = random.Random(seed)
 
     def epoch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         items = []
         for chorale, shifts in zip(self.chorales, self.shifts):
             shift = self.rng.choice(shifts)
-            items.append((piece_to_roll(transpose(chorale.melody, shift)), piece_to_roll(transpose(chorale.lower, shift))))
+            melody = piece_to_roll(transpose(chorale.melody, shift))  # [T, 88]
+            lower = piece_to_roll(transpose(chorale.lower, shift))  # [T, 88]
+            if not self.crop or len(melody) <= self.crop:
+                items.append((melody, lower))
+                continue
+            cuts = [0, *range(self.rng.randint(1, self.crop), len(melody), self.crop), len(melody)]
+            items += [(melody[a:b], lower[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
         return items
 
 

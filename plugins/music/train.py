@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "max_shift": 6,  # transpositions in [-6, 6] that keep every note in 21..108
     "primer_prob": 0.25,  # share of training chorales split into primer + continuation
     "max_primer": 32,
+    "crop": 0,  # harmony: train on random windows of at most this many steps (0 = whole chorales)
     # optimisation
     "weight_decay": 1e-6,
     "grad_clip": 5.0,
@@ -140,7 +141,7 @@ def train_music(options: TrainOptions, logger: RunLogger) -> TrainResult:
         val_items = benchmark_items(data["valid"])
     else:
         harmony = load_harmony()
-        sampler = HarmonySampler(harmony["train"], s["max_shift"], options.seed)
+        sampler = HarmonySampler(harmony["train"], s["max_shift"], options.seed, s["crop"])
         val_items = harmony_items(harmony["valid"])
     params = {
         "task": "music",
