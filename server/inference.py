@@ -6,10 +6,12 @@ Shared by the task endpoints, the Open Inference Protocol endpoints and the Ray 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,12 +20,13 @@ from starlette.requests import Request
 from mmserve.plugins.nn.decoding import DecodeResult
 from mmserve.plugins.task import Prepared, Task
 from mmserve.server.engine import TokenCallback
-from mmserve.server.http.errors import ApiError
+from mmserve.server.http.errors import ApiError, status_for
 from mmserve.server.http.json_limits import JsonLimits
 from mmserve.server.http.params import GenerationParams, to_decode_params
 from mmserve.server.model_updates import ModelUpdater
 from mmserve.server.runtime import LoadedModel, Runtime, TaskService
 
+log = logging.getLogger(__name__)
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready; its sequence was cancelled."""
@@ -110,6 +113,44 @@ class Inference:
         work = functools.partial(task.preprocess, data, content_type, model, limits, **task_options(task, params))
         return await loop.run_in_executor(self.executor, work)
 
+    async def admitted_preprocess(
+        self, service: TaskService, loaded: LoadedModel, data: bytes, content_type: str | None, params: GenerationParams
+    ) -> Any:
+        """Preprocess holding a place in the engine's queue (503 + Retry-After when it is full),
+        so overload is shed before any decoding work and the preprocessing backlog is bounded.
+        On success the place passes to `decode(..., admitted=True)`."""
+        loaded.engine.admit()
+        try:
+            return await self.preprocess(service, loaded, data, content_type, params)
+        except BaseException:
+            loaded.engine.withdraw()
+            raise
+
+    def start_decode(
+        self,
+        service: TaskService,
+        loaded: LoadedModel,
+        inputs: Any,
+        params: GenerationParams,
+        on_token: TokenCallback | None = None,
+        admitted: bool = False,
+    ) -> tuple[asyncio.Future, Callable[[], None]]:
+        """Queue the input in the engine now; returns the result's future and a function that
+        abandons the request (frees its decode slot), safe to call at any time and repeatedly."""
+        decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
+        if service.task.keeps_attention:
+            decode_params = dataclasses.replace(decode_params, keep_attention=True)
+        model_input = inputs.inputs if isinstance(inputs, Prepared) else inputs
+        engine = loaded.engine
+        submitted = engine.submit(model_input, decode_params, on_token, admitted)
+        generation = asyncio.ensure_future(engine.result(submitted))
+
+        def abandon() -> None:
+            generation.cancel()
+            engine.cancel(submitted)  # also when the future was cancelled before it ever ran
+
+        return generation, abandon
+
     async def decode(
         self,
         service: TaskService,
@@ -118,15 +159,17 @@ class Inference:
         params: GenerationParams,
         request: Request | None = None,
         on_token: TokenCallback | None = None,
+        admitted: bool = False,
     ) -> DecodeResult:
         """Decode in the engine; cancels the sequence on timeout or client disconnect."""
-        decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
-        if service.task.keeps_attention:
-            decode_params = dataclasses.replace(decode_params, keep_attention=True)
-        model_input = inputs.inputs if isinstance(inputs, Prepared) else inputs
-        generation = asyncio.ensure_future(loaded.engine.generate(model_input, decode_params, on_token))
+        generation, abandon = self.start_decode(service, loaded, inputs, params, on_token, admitted)
+        return await self.await_decode(service, generation, abandon, request)
+
+    async def await_decode(
+        self, service: TaskService, generation: asyncio.Future, abandon: Callable[[], None], request: Request | None
+    ) -> DecodeResult:
         try:
-            return await await_or_abandon(generation, request, self.settings.request_timeout_s, generation.cancel)
+            return await await_or_abandon(generation, request, self.settings.request_timeout_s, abandon)
         except TimeoutError:
             raise ApiError(
                 504, f"task {service.name!r} did not answer within {self.settings.request_timeout_s:g} s"
@@ -148,6 +191,14 @@ class Inference:
         output["model"] = {"name": service.name, "version": loaded.version}  # the version that produced it
         return output
 
+    @contextlib.contextmanager
+    def pinned(self, task: str) -> Iterator[LoadedModel | None]:
+        """Hold the version serving `task` now, so that several `run(..., pinned=...)` calls
+        (a v2 batch) are all answered by it even if the task switches versions meanwhile."""
+        service = self.service(task)
+        with service.loaded.lease() as loaded:
+            yield loaded
+
     async def run(
         self,
         task: str,
@@ -155,34 +206,55 @@ class Inference:
         content_type: str | None,
         params: GenerationParams,
         request: Request | None = None,
+        pinned: LoadedModel | None = None,
     ) -> dict[str, Any]:
-        """The JSON result for one input, all of it from the version serving when it arrived."""
+        """The JSON result for one input, all of it from the version serving when it arrived
+        (or from `pinned`, a version held by the caller)."""
         service = self.service(task)
-        with service.loaded.lease() as loaded:
-            inputs = await self.preprocess(service, loaded, data, content_type, params)
-            result = await self.decode(service, loaded, inputs, params, request)
+        with (pinned or service.loaded).lease() as loaded:
+            inputs = await self.admitted_preprocess(service, loaded, data, content_type, params)
+            result = await self.decode(service, loaded, inputs, params, request, admitted=True)
             return self.postprocess(service, loaded, result, params, inputs)
 
     async def open_stream(
         self, task: str, data: bytes, content_type: str | None, params: GenerationParams
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Validate and preprocess now (so bad input is still a 4xx), then return an iterator
-        of ("token", {...}) events and a final ("result", {...}) or ("error", {...})."""
+    ) -> EventStream:
+        """Validate and preprocess now (so bad input is still a 4xx) and start decoding; return
+        an iterator of ("token", {...}) events and a final ("result", {...}) or ("error", {...}).
+
+        The stream holds its version's lease and decode slot until it ends or is closed, and
+        one that nobody starts reading within the request timeout (its client went away before
+        the answer began) gives both back by itself.
+        """
         service = self.service(task)
         loaded = service.loaded
-        loaded.acquire()  # returned when the stream ends (the generator's finally)
+        loaded.acquire()  # returned by the EventStream, however it ends
         try:
-            inputs = await self.preprocess(service, loaded, data, content_type, params)
+            inputs = await self.admitted_preprocess(service, loaded, data, content_type, params)
+            tokens: asyncio.Queue[Any] = asyncio.Queue()
+            generation, abandon = self.start_decode(service, loaded, inputs, params, tokens.put_nowait, admitted=True)
         except BaseException:
             loaded.release()
             raise
-        return self._stream(service, loaded, inputs, params)
+        decoded = asyncio.ensure_future(self.await_decode(service, generation, abandon, None))
+
+        def release() -> None:
+            abandon()
+            decoded.cancel()
+            loaded.release()
+
+        events = self._stream(service, loaded, inputs, params, decoded, tokens)
+        return EventStream(events, release, self.settings.request_timeout_s)
 
     async def _stream(
-        self, service: TaskService, loaded: LoadedModel, inputs: Any, params: GenerationParams
+        self,
+        service: TaskService,
+        loaded: LoadedModel,
+        inputs: Any,
+        params: GenerationParams,
+        generation: asyncio.Future,
+        tokens: asyncio.Queue,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        tokens: asyncio.Queue[int] = asyncio.Queue()
-        generation = asyncio.ensure_future(self.decode(service, loaded, inputs, params, None, tokens.put_nowait))
         index = 0
         try:
             while True:
@@ -199,18 +271,62 @@ class Inference:
                     index += 1
                 try:
                     result = generation.result()
-                except ApiError as exc:
-                    yield "error", {"error": exc.message, "status": exc.status_code}
-                    return
                 except Exception as exc:
-                    yield "error", {"error": f"{type(exc).__name__}: {exc}", "status": 500}
+                    status, message, _ = status_for(exc)
+                    yield "error", {"error": message, "status": status}
                     return
                 yield "result", self.postprocess(service, loaded, result, params, inputs)
                 return
         finally:
             # A client that disconnects mid-stream closes this generator: free its decode slot.
             generation.cancel()
-            loaded.release()
+
+
+class EventStream:
+    """A streamed answer's events; gives back its lease and decode slot (`release`) exactly
+    once: when the events end, when it is closed (client disconnect), or, if nobody has
+    started reading it `start_timeout_s` after it opened, by itself."""
+
+    def __init__(self, events: AsyncIterator[Any], release: Callable[[], None], start_timeout_s: float):
+        self._events = events
+        self._release: Callable[[], None] | None = release
+        self._timer = asyncio.get_running_loop().call_later(start_timeout_s, self._expire)
+
+    @property
+    def released(self) -> bool:
+        return self._release is None
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        self._timer.cancel()
+        try:
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            self._finish()
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        self._timer.cancel()
+        try:
+            await self._events.aclose()
+        finally:
+            self._finish()
+
+    def _expire(self) -> None:
+        if self._release is not None:
+            log.warning("a streamed answer was never read; releasing its model version and decode slot")
+            self._finish()
+            asyncio.ensure_future(self._events.aclose())
+
+    def _finish(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 def task_options(task: Task, params: GenerationParams) -> dict[str, Any]:

@@ -5,9 +5,13 @@ from mmserve.server.engine.loop import (
     EngineConfig,
     EngineOverloaded,
     EngineStopped,
+    ModelFailed,
     TaskEngine,
     TokenCallback,
     UnsupportedDecoding,
 )
 
-__all__ = ["DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "TaskEngine", "TokenCallback", "UnsupportedDecoding"]
+__all__ = [
+    "DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "ModelFailed", "TaskEngine", "TokenCallback",
+    "UnsupportedDecoding",
+]

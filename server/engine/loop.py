@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from mmserve.plugins.errors import InputError
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State, to_device
 from mmserve.plugins.nn.decoding import DecodeParams, DecodeResult, LengthBuckets, Sequence, StepEvents
 from mmserve.plugins.nn.heads import OutputHead
@@ -36,7 +37,9 @@ log = logging.getLogger(__name__)
 
 TokenCallback = Callable[[Any], None]
 
-__all__ = ["DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "TaskEngine", "TokenCallback"]
+__all__ = [
+    "DecodeParams", "EngineConfig", "EngineOverloaded", "EngineStopped", "ModelFailed", "TaskEngine", "TokenCallback",
+]
 
 
 class EngineOverloaded(RuntimeError):
@@ -53,6 +56,12 @@ class EngineStopped(RuntimeError):
     """The engine is shutting down and takes no new requests."""
 
     status_code = 503
+
+
+class ModelFailed(RuntimeError):
+    """The model raised on this request's input (HTTP 500); other requests are unaffected."""
+
+    status_code = 500
 
 
 class UnsupportedDecoding(ValueError):
@@ -115,6 +124,7 @@ class TaskEngine:
         self._ready: list[_Encoded] = []
         self._cancelled: list[_Request] = []
         self._pending = 0  # requests taken by the encoder and not yet joined
+        self._admitted = 0  # requests admitted (preprocessing) and not yet submitted
         self._encoded_total = 0
         self._active = 0  # sequences in the decode batch
         self._stopping = False
@@ -162,22 +172,58 @@ class TaskEngine:
                 "decode; use beam_size=1 (greedy or sampling)"
             )
 
-    async def generate(self, inputs: Any, params: DecodeParams, on_token: TokenCallback | None = None) -> DecodeResult:
+    async def generate(
+        self, inputs: Any, params: DecodeParams, on_token: TokenCallback | None = None, admitted: bool = False
+    ) -> DecodeResult:
         """Decode one preprocessed input; cancelling the awaiting task frees its slot."""
-        request = self.submit(inputs, params, on_token)
+        return await self.result(self.submit(inputs, params, on_token, admitted))
+
+    async def result(self, request: _Request) -> DecodeResult:
+        """The submitted request's result; cancelling the awaiting task frees its slot."""
         try:
             return await request.future
         except asyncio.CancelledError:
             self.cancel(request)
             raise
 
-    def submit(self, inputs: Any, params: DecodeParams, on_token: TokenCallback | None = None) -> _Request:
-        self.check(params)
-        request = _Request(inputs, params, max(1, int(self.input_cost(inputs))), asyncio.get_running_loop(), on_token)
+    def admit(self) -> None:
+        """Count one request that is on its way to `submit` (still preprocessing) against the
+        queue, so excess load is shed before any work is spent on it and the preprocessing
+        backlog is bounded too. Pair with `submit(..., admitted=True)` or `withdraw()`."""
         with self._cv:
             if self._stopping:
                 raise EngineStopped(f"task {self.task!r} is shutting down")
-            if len(self._waiting) >= self.config.max_queue:
+            queued = len(self._waiting) + self._admitted
+            if queued >= self.config.max_queue:
+                if self.metrics:
+                    self.metrics.rejected.labels(self.task).inc()
+                raise EngineOverloaded(self.task, queued)
+            self._admitted += 1
+
+    def withdraw(self) -> None:
+        """An admitted request that will not be submitted (its input failed, its client left)."""
+        with self._cv:
+            self._admitted -= 1
+            assert self._admitted >= 0, "withdraw() without admit()"
+
+    def submit(
+        self, inputs: Any, params: DecodeParams, on_token: TokenCallback | None = None, admitted: bool = False
+    ) -> _Request:
+        """Queue one input. An `admitted` request already holds its place in the queue."""
+        try:
+            self.check(params)
+            request = _Request(inputs, params, max(1, int(self.input_cost(inputs))), asyncio.get_running_loop(),
+                               on_token)  # fmt: skip
+        except BaseException:
+            if admitted:
+                self.withdraw()
+            raise
+        with self._cv:
+            if admitted:
+                self._admitted -= 1
+            if self._stopping:
+                raise EngineStopped(f"task {self.task!r} is shutting down")
+            if not admitted and len(self._waiting) + self._admitted >= self.config.max_queue:
                 if self.metrics:
                     self.metrics.rejected.labels(self.task).inc()
                 raise EngineOverloaded(self.task, len(self._waiting))
@@ -246,15 +292,24 @@ class TaskEngine:
 
     def _encode(self, requests: list[_Request]) -> None:
         try:
-            batch = to_device(self.model.collate([r.inputs for r in requests]), self.device)
-            memory = self.model.encode(batch)
-            state = self.model.init_state(memory)
+            memory, state = self._encode_batch(requests)
         except Exception as exc:
-            log.exception("encoding a batch of %d for %s failed", len(requests), self.task)
+            if len(requests) > 1:
+                # One bad input must not fail its batch-mates: encode each alone, so only the
+                # input(s) the model raises on get an error.
+                log.warning("encoding a batch of %d for %s failed (%s); encoding them one by one",
+                            len(requests), self.task, exc)  # fmt: skip
+                for request in requests:
+                    self._encode([request])
+                return
+            log.exception("encoding an input for %s failed", self.task)
             with self._cv:
                 self._pending -= len(requests)
                 self._cv.notify_all()
-            _deliver_all([(r, RuntimeError(f"model failed to encode the input: {exc}")) for r in requests])
+            # A plugin that validates inside the model (InputError) still answers its 4xx.
+            error = exc if isinstance(exc, InputError) else ModelFailed(
+                f"model failed to encode the input: {type(exc).__name__}: {exc}")
+            _deliver_all([(r, error) for r in requests])
             return
         if self.metrics:
             self.metrics.encode_batch.labels(self.task).observe(len(requests))
@@ -262,6 +317,11 @@ class TaskEngine:
             self._ready.append(_Encoded(requests, memory, state))
             self._encoded_total += len(requests)
             self._cv.notify_all()
+
+    def _encode_batch(self, requests: list[_Request]) -> tuple[Memory, State]:
+        batch = to_device(self.model.collate([r.inputs for r in requests]), self.device)
+        memory = self.model.encode(batch)
+        return memory, self.model.init_state(memory)
 
     # ----- decoder thread -----------------------------------------------------------------
 

@@ -268,9 +268,14 @@ async def _infer(request: Request, inference: Inference, model_name: str, versio
 
 def _produced_by(results: list[dict[str, Any]], service: TaskService) -> str | None:
     # Each result names the version that produced it; during a model update the served
-    # version may already be the next one, so the answer's own version is reported.
-    model = results[0].get("model") if results else None
-    return model.get("version") if isinstance(model, dict) else service.version
+    # version may already be the next one, so the answer's own version is reported. A batch
+    # runs on one pinned version (embedded); Ray replicas may differ mid-rollout, and then
+    # every version that took part is named, in element order.
+    versions = [r["model"].get("version") for r in results if isinstance(r.get("model"), dict)]
+    if not versions:
+        return service.version
+    distinct = list(dict.fromkeys(versions))
+    return distinct[0] if len(distinct) == 1 else ",".join(str(v) for v in distinct)
 
 
 def _check_batch_size(settings: Settings, task: str, size: int) -> None:
@@ -379,23 +384,27 @@ async def _run_all(
     params: GenerationParams,
     request: Request,
 ) -> list[dict[str, Any]]:
-    """Run every element as its own request, all at once so the engine batches them.
+    """Run every element as its own request, all at once so the engine batches them, all on
+    the version serving when the batch arrived (the answer names one version, so a model
+    switch mid-batch must not mix two).
 
     The lowest-index element that fails answers the whole request, its error prefixed with
     the element's place. One disconnect watcher serves the batch; leaving cancels every element.
     """
-    jobs = [asyncio.ensure_future(inference.run(task, data, content_type, params)) for data, content_type in items]
-    watcher = asyncio.ensure_future(wait_for_disconnect(request))
-    everything = asyncio.ensure_future(asyncio.gather(*jobs, return_exceptions=True))
-    try:
-        done, _ = await asyncio.wait({everything, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if everything not in done:
-            raise ClientDisconnected()
-        outcomes = everything.result()
-    finally:
-        watcher.cancel()
-        for job in jobs:  # a no-op for jobs that already finished
-            job.cancel()
+    with inference.pinned(task) as pinned:
+        jobs = [asyncio.ensure_future(inference.run(task, data, content_type, params, pinned=pinned))
+                for data, content_type in items]  # fmt: skip
+        watcher = asyncio.ensure_future(wait_for_disconnect(request))
+        everything = asyncio.ensure_future(asyncio.gather(*jobs, return_exceptions=True))
+        try:
+            done, _ = await asyncio.wait({everything, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if everything not in done:
+                raise ClientDisconnected()
+            outcomes = everything.result()
+        finally:
+            watcher.cancel()
+            for job in jobs:  # a no-op for jobs that already finished
+                job.cancel()
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
             raise _located(outcome, name, index, len(items))

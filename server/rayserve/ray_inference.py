@@ -9,8 +9,9 @@ and postprocesses. The ingress holds no model: its `TaskService`s carry the task
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,12 @@ class RayInference(Inference):
 
     # ----- requests ------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def pinned(self, task: str) -> Iterator[None]:
+        # Versions live in the replicas; the ingress cannot hold one (see routes_v2._produced_by).
+        self.service(task)
+        yield None
+
     async def run(
         self,
         task: str,
@@ -107,6 +114,7 @@ class RayInference(Inference):
         content_type: str | None,
         params: GenerationParams,
         request: Request | None = None,
+        pinned: Any = None,
     ) -> dict[str, Any]:
         """The JSON result for one input, computed by one of the task's replicas."""
         self.service(task)
