@@ -9,7 +9,7 @@ export MMSERVE_DATA_DIR
 
 include helm/tools.mk
 
-.PHONY: serve test fuzz install audio-deps speech-deps train-speech eval-speech train-music eval-music lint mlflow-ui train-captioning eval-captioning bench clean
+.PHONY: serve test fuzz soak install audio-deps speech-deps train-speech eval-speech train-music eval-music lint mlflow-ui train-captioning eval-captioning bench clean
 
 # Re-install only when the project's metadata changes.
 $(BIN)/.installed: pyproject.toml
@@ -50,6 +50,12 @@ test: install lint helm-tools
 fuzz: install
 	MMSERVE_FUZZ_EXAMPLES=100 MMSERVE_FUZZ_RANDOM=1 MMSERVE_FUZZ_REPORT=$(MMSERVE_DATA_DIR)/fuzz-report.json \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/fuzz
+
+# Soak: measure capacity, then offer twice that for 5 minutes (captioning + music) and check
+# the excess is shed with 503 + Retry-After, nothing accepted is lost, and RSS / fds / threads
+# hold. Writes bench/results/soak-<date>.{md,json}; `make test` runs a 20-second version.
+soak: install
+	$(BIN)/python -m bench.soak --duration-s 300 --out bench/results/soak-$$(date -u +%F)
 
 lint: install
 	$(BIN)/ruff check .
