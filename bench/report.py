@@ -25,8 +25,9 @@ SUMMARY_CONCURRENCY = 32
 RAY_CONCURRENCY = 16  # W: mmserve on Ray / the no-op Ray app
 # mmserve: the system under test (one per workload); bare: the captioning limit Y divides by;
 # limit: the long-decode limit (bare continuous batching); peer: competitors (X, Z); ray:
-# mmserve on the Ray backend; floor: no-op servers (no model), for W and the latency per hop.
-ROLES = ("mmserve", "bare", "limit", "peer", "ray", "floor")
+# mmserve on the Ray backend; floor: no-op servers (no model), for W and the latency per hop;
+# variant: an experimental layout of mmserve itself (e.g. HTTP front processes), reported only.
+ROLES = ("mmserve", "bare", "limit", "peer", "ray", "floor", "variant")
 # c=1 latency per hop: (label, system, baseline system), p50 of the system minus the baseline's.
 HOPS = (
     ("HTTP floor (client + uvicorn, no model)", "no-op-fastapi", None),

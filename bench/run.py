@@ -169,6 +169,16 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
             env=mm_env,
             role="mmserve",
         ),
+        *(
+            System(
+                f"mmserve-{n}http",
+                [PY, "-m", "bench.peers.mmserve_multiproc", "--port", "{port}", "--http-workers", str(n)],
+                f"experiment: {n} HTTP front process(es) (Starlette, request parsing only) -> Unix socket -> one "
+                f"engine process running mmserve's Inference; engine {knobs}; torch_threads {torch_threads}",
+                env=mm_env, role="variant", levels=(8, 32),
+            )
+            for n in (1, 2)
+        ),
         System(
             "litserve-batched",
             [PY, "-m", "bench.peers.litserve_batched", "--port", "{port}", "--weights", w,
