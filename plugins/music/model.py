@@ -236,7 +236,8 @@ class MusicModel(EncoderDecoder):
             state["frame"] = memory.values.new_zeros(batch, NUM_PITCHES)  # notes of the open step
             state["last"] = torch.full((batch,), -1, dtype=torch.long, device=device)
             budget = memory.values[:, 0, -1].round().long()
-            state["steps_left"] = torch.where(budget > 0, budget, torch.full_like(budget, NO_LIMIT))
+            # budget > 0: that many steps; 0: no limit; < 0: none at all (the row only ends).
+            state["steps_left"] = torch.where(budget != 0, budget.clamp(min=0), torch.full_like(budget, NO_LIMIT))
         return state
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:

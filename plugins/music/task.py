@@ -14,11 +14,13 @@ from pydantic import BaseModel
 from mmserve.plugins.errors import PayloadTooLarge, UnprocessableInput
 from mmserve.plugins.music.checkpoint import load_music_model
 from mmserve.plugins.music.midi import piece_to_midi_bytes
-from mmserve.plugins.music.model import MusicModel
 from mmserve.plugins.music.preprocess import CONTENT_TYPES, MAX_GENERATED_STEPS, MusicOptions, parse_piece
 from mmserve.plugins.music.render import midi_to_wav, piano_roll_png
+from mmserve.plugins.music.scoring import score_output, score_piece
+from mmserve.plugins.music.served import ServedMusic
 from mmserve.plugins.music.tokens import (
     EOS_ID,
+    NUM_PITCHES,
     STEP_ID,
     piece_to_roll,
     steps_to_tokens,
@@ -28,11 +30,13 @@ from mmserve.plugins.music.tokens import (
 )
 from mmserve.plugins.nn.contract import EncoderDecoder
 from mmserve.plugins.nn.decoding import DecodeResult
-from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
+from mmserve.plugins.task import InputLimits, Prepared, Task, TensorSpec, TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 STEPS_PER_BEAT = {"quarter": 1, "harmony": 4}
+HARMONY_DIR = "harmony"  # the harmonisation model's folder inside the served artifact
+ROUTE_OF_MODE = {"continue": "quarter", "score": "quarter", "harmonize": "harmony"}
 
 
 def requested_steps(options: MusicOptions) -> int:
@@ -58,9 +62,14 @@ class MusicTask(Task):
     request_options = MusicOptions
 
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
-        model = load_music_model(artifact_dir, device)
-        assert model.config.head == "serial", "the served music model must have the serial note head"
-        return model
+        """The artifact's model, plus the harmonisation model in its `harmony/` folder when
+        there is one: both serve through one ServedMusic, each request routed by its mode."""
+        models = {}
+        for directory in (Path(artifact_dir), Path(artifact_dir) / HARMONY_DIR):
+            if (directory / "config.json").is_file():
+                model = load_music_model(directory, device)
+                models.setdefault(model.trained_for, model)
+        return ServedMusic(models).to(device).eval()
 
     def output_length(self, options: BaseModel | None, limit: int) -> int | None:
         """Tokens for the requested steps (continue); a melody's length is known only after
@@ -71,9 +80,10 @@ class MusicTask(Task):
             return limit
         steps = requested_steps(options)
         if steps > tokens_to_steps(limit):
+            asked = f"{options.length} steps" if options.length_unit == "steps" else f"{options.length} beats ({steps} steps)"
             raise UnprocessableInput(
-                f"length {options.length} {options.length_unit} is {steps} time steps, over this task's limit of "
-                f"{tokens_to_steps(limit)} steps (max_output_length {limit} tokens)"
+                f"length {asked} is over this task's limit of {tokens_to_steps(limit)} steps "
+                f"(max_output_length {limit} tokens)"
             )
         return steps_to_tokens(steps)
 
@@ -84,15 +94,20 @@ class MusicTask(Task):
         self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits,
         options: MusicOptions | None = None,
     ) -> Any:  # fmt: skip
-        assert isinstance(model, MusicModel), f"music needs a MusicModel, got {type(model).__name__}"
+        assert isinstance(model, ServedMusic), f"music needs a ServedMusic, got {type(model).__name__}"
         options = options or MusicOptions()
+        route = ROUTE_OF_MODE[options.mode]
+        if not model.serves(route):
+            what = {"quarter": "a continuation model", "harmony": "a harmonisation model"}[route]
+            raise UnprocessableInput(f"mode={options.mode} needs {what}; the served artifact has none")
+        piece = parse_piece(data, content_type, STEPS_PER_BEAT[route])
         if options.mode == "score":
-            raise UnprocessableInput("mode=score is not served by this endpoint yet; use `mmserve eval music`")
-        if options.mode == "harmonize" and model.trained_for != "harmony":
-            raise UnprocessableInput("mode=harmonize needs a harmonisation model; the served model continues music")
-        if options.mode == "continue" and model.trained_for != "quarter":
-            raise UnprocessableInput("mode=continue needs a continuation model; the served model harmonises")
-        piece = parse_piece(data, content_type, STEPS_PER_BEAT[model.trained_for])
+            if not any(piece):
+                raise UnprocessableInput("mode=score needs a piece with notes to score")
+            # Scored here, in the preprocessing thread, with the evaluation's own code; the
+            # engine then only ends the row at once (a step budget of -1).
+            step_log_p = score_piece(model.model(route), piece)
+            return Prepared((torch.zeros(0, NUM_PITCHES), -1), {"step_log_probs": step_log_p})
         if options.mode == "harmonize":
             if not piece:
                 raise UnprocessableInput("mode=harmonize needs a melody")
@@ -102,20 +117,25 @@ class MusicTask(Task):
                     f"a melody of {len(piece)} steps is over this task's output limit of {tokens_to_steps(limit)} "
                     f"steps (max_output_length {limit} tokens)"
                 )
-            return piece_to_roll(piece), len(piece)
+            return Prepared((piece_to_roll(piece), len(piece), route), {"melody": piece})
         return piece_to_roll(piece), requested_steps(options)  # an empty primer is the null memory
 
     def input_cost(self, inputs: Any) -> int:
         return max(int(inputs[0].shape[0]), 1)
 
     def postprocess(
-        self, result: DecodeResult, model: EncoderDecoder, include_attention: bool, options: MusicOptions | None = None
-    ) -> dict[str, Any]:
-        assert isinstance(model, MusicModel), f"music needs a MusicModel, got {type(model).__name__}"
+        self, result: DecodeResult, model: EncoderDecoder, include_attention: bool, options: MusicOptions | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         options = options or MusicOptions()
+        if options.mode == "score":
+            return score_output(context["step_log_probs"] if context else [])
+        route = ROUTE_OF_MODE[options.mode]
         piece = tokens_to_piece(t for t in result.tokens if t != EOS_ID)
-        beats_per_step = 1.0 / STEPS_PER_BEAT[model.trained_for]
-        seconds = 60.0 / options.tempo * beats_per_step
+        melody = (context or {}).get("melody")
+        if melody is not None:  # harmonize: the melody's notes sound with the written voices
+            piece = [sorted(set(m) | set(low)) for m, low in zip(melody, piece)]
+        seconds = 60.0 / options.tempo / STEPS_PER_BEAT[route]
         output: dict[str, Any] = {
             "mode": options.mode,
             "tempo": options.tempo,
@@ -126,8 +146,11 @@ class MusicTask(Task):
             "steps": [{"time": round(t * seconds, 4), "duration": round(seconds, 4), "notes": notes}
                       for t, notes in enumerate(piece)],  # fmt: skip
         }
+        if melody is not None:
+            for step, notes in zip(output["steps"], melody):
+                step["melody"] = list(notes)
         if options.format != "json":
-            midi = piece_to_midi_bytes(piece, options.tempo, STEPS_PER_BEAT[model.trained_for])
+            midi = piece_to_midi_bytes(piece, options.tempo, STEPS_PER_BEAT[route])
             payload, media = {
                 "midi": (lambda: midi, "audio/midi"),
                 "wav": (lambda: midi_to_wav(midi), "audio/wav"),

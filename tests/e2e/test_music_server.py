@@ -102,7 +102,7 @@ def test_tritonclient_gets_midi_and_notes(base):
         ("no notes", piece_to_midi_bytes([]), "audio/midi", {}, 400, "no notes"),
         ("out of range", b"[[60], [12]]", "application/json", {}, 422, "range"),
         ("too long primer", json.dumps([[60]] * 600).encode(), "application/json", {}, 413, "limit"),
-        ("too long request", b"[[60]]", "application/json", {"length": 100000}, 422, "less than or equal"),
+        ("too long request", b"[[60]]", "application/json", {"length": 100000}, 422, "limit of 512 steps"),
         ("unknown option", b"[[60]]", "application/json", {"loudness": 3}, 422, "unknown"),
     ],
 )

@@ -9,6 +9,7 @@ import torch
 
 from mmserve.plugins.errors import InputError
 from mmserve.plugins.music.preprocess import MAX_GENERATED_STEPS, MusicOptions
+from mmserve.plugins.music.served import ServedMusic
 from mmserve.plugins.music.task import MusicTask
 from mmserve.plugins.music.tokens import MAX_NOTES_PER_STEP, STEP_ID, TOKENS_PER_STEP, steps_to_tokens
 from mmserve.plugins.task import InputLimits
@@ -64,11 +65,12 @@ def test_a_task_without_its_own_length_keeps_its_default_under_its_limit():
 
 
 def test_a_melody_longer_than_the_limit_is_refused_in_steps(serial_model):
-    serial_model.trained_for = "harmony"  # only the mode check reads it
+    serial_model.trained_for = "harmony"
+    served = ServedMusic({"harmony": serial_model})
     limits = InputLimits(max_output_length=steps_to_tokens(8))
     melody = b"[[60], [62], [64], [65], [67], [69], [71], [72], [74]]"
     with pytest.raises(InputError, match="limit of 8 steps") as error:
-        TASK.preprocess(melody, "application/json", serial_model, limits, options=MusicOptions(mode="harmonize"))
+        TASK.preprocess(melody, "application/json", served, limits, options=MusicOptions(mode="harmonize"))
     assert error.value.status_code == 413
 
 

@@ -19,6 +19,7 @@ from mmserve.plugins.music.midi import piece_to_midi_bytes
 from mmserve.plugins.music.model import MusicModel
 from mmserve.plugins.music.preprocess import MAX_INPUT_STEPS, MusicOptions
 from mmserve.plugins.music.render import audio_missing
+from mmserve.plugins.music.served import ServedMusic
 from mmserve.plugins.music.task import MusicTask
 from mmserve.plugins.nn.search import sample_decode
 from mmserve.plugins.task import InputLimits
@@ -113,8 +114,8 @@ def test_v2_outputs_are_midi_bytes_and_notes(model: MusicModel) -> None:
     assert json.loads(v2["NOTES"]) == [s["notes"] for s in out["steps"]]
 
 
-def test_artifact_round_trip_keeps_every_weight(model: MusicModel, tmp_path: Path) -> None:
-    save_music_model(model, tmp_path, {"data": "quarter"})
+def test_artifact_round_trip_keeps_every_weight(model: ServedMusic, tmp_path: Path) -> None:
+    save_music_model(model.model("quarter"), tmp_path, {"data": "quarter"})
     again = TASK.load_model(tmp_path, torch.device("cpu"))
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
