@@ -33,7 +33,10 @@ SUBJECT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", 
 @dataclass
 class ClipEncoderConfig:
     frame_size: tuple[int, int] = (32, 48)  # (H, W) every frame is resized to
-    stem_width: int = 16  # channels of the stride-2 3x3 stem
+    stem_width: int = 16  # channels of the 3x3 stem
+    # 2 halves the frame before any block (cheap, but a 12-14 px digit is then 6-7 px wide);
+    # 1 keeps full resolution for the first stage. Artifacts without the key were stride 2.
+    stem_stride: int = 2
     stage_widths: tuple[int, ...] = (32, 64)  # BasicBlock stages
     stage_strides: tuple[int, ...] = (2, 2)
     blocks_per_stage: int = 1
@@ -57,6 +60,7 @@ class ClipEncoderConfig:
         self.pool_grid = tuple(int(v) for v in self.pool_grid)
         self.stage_widths = tuple(int(v) for v in self.stage_widths)
         self.stage_strides = tuple(int(v) for v in self.stage_strides) or (2,) * len(self.stage_widths)
+        assert self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}"
         assert self.temporal in TEMPORAL, f"temporal must be one of {TEMPORAL}, got {self.temporal!r}"
         assert len(self.stage_strides) == len(self.stage_widths), "one stride per stage"
         assert all(s in (1, 2) for s in self.stage_strides), f"stage strides must be 1 or 2, got {self.stage_strides}"
@@ -90,7 +94,7 @@ class FrameCNN(nn.Module):
     def __init__(self, c: ClipEncoderConfig):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(3, c.stem_width, 3, stride=2, padding=1, bias=False),
+            nn.Conv2d(3, c.stem_width, 3, stride=c.stem_stride, padding=1, bias=False),
             nn.BatchNorm2d(c.stem_width),
             nn.ReLU(inplace=True),
         ]
@@ -104,8 +108,9 @@ class FrameCNN(nn.Module):
                 layers.append(BasicBlock(width, out, stride=stride, downsample=downsample))
                 width = out
         self.body = nn.Sequential(*layers)
+        self.channels = width  # of the grid the body returns
         h, w = c.frame_size
-        for stride in (2, *c.stage_strides):  # 3x3 convs, padding 1
+        for stride in (c.stem_stride, *c.stage_strides):  # 3x3 convs, padding 1
             h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
         self.grid = (h, w)
         # The flattened grid keeps *where* ("moves left" is a change of place, which pooling

@@ -25,6 +25,7 @@ from mmserve.plugins.action.checkpoint import save_recognizer
 from mmserve.plugins.action.data import ActionClips, action_vocabulary, collate_training
 from mmserve.plugins.action.evaluate import evaluate_model
 from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss
+from mmserve.plugins.action.pretrain import pretrain_trunk
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.nn.vocab import Vocabulary
 from mmserve.plugins.task import TrainOptions, TrainResult
@@ -32,12 +33,15 @@ from mmserve.plugins.tracking import RunLogger
 from mmserve.plugins.training import resolve_settings as resolve_task_settings
 
 DEFAULTS: dict[str, Any] = {
-    # data: clips are generated on the fly, new ones every epoch
+    # data: clips are generated on the fly; epoch e uses clip set e % clip_pool, rendered once
+    # and kept in memory (0: a new set every epoch, nothing kept)
     "train_clips": 6000,
+    "clip_pool": 4,
     "val_clips": 300,
     # encoder
-    "stem_width": 8,
-    "stage_widths": [16, 32],
+    "stem_width": 16,
+    "stem_stride": 2,
+    "stage_widths": [32, 64],
     "frame_dim": 128,
     "pool_grid": [2, 3],
     "temporal": "bigru",  # bigru | bilstm | none (the mean-pooled baseline)
@@ -50,13 +54,21 @@ DEFAULTS: dict[str, Any] = {
     "attn_dim": 64,
     "dropout": 0.1,
     # optimisation
-    "attention_supervision": 0.5,
-    "presence_weight": 1.0,  # auxiliary "which subjects appear" loss on the frame features (0: off)  # weight of the attention-on-true-span term (0: off)
+    "attention_supervision": 0.5,  # weight of the attention-on-true-span term (0: off)
+    "presence_weight": 1.0,  # auxiliary "which subjects appear" loss on the frame features (0: off)
     "weight_decay": 1e-5,
     "grad_clip": 5.0,
     "warmup_steps": 100,
     "min_lr_ratio": 0.05,
+    # frame-trunk pretraining on single frames (pretrain.py): which digit is where (0: off)
+    "pretrain_steps": 0,
+    "pretrain_lr": 2e-3,
+    # after pretraining, keep the stem and this many first stages fixed (their full-resolution
+    # convolutions are most of a frame's cost; fixed, they need no backward pass)
+    "freeze_stages": 0,
     # run
+    "eval_every": 0,  # steps between validations (best-on-val weights are kept); 0: once per epoch
+    "time_budget_s": 0.0,  # wall-clock budget of the whole run incl. pretraining (0: none)
     "num_threads": 1,  # torch CPU threads: 1 leaves the other core to parallel work
     "fp16": False,
     "progress": True,
@@ -71,6 +83,7 @@ def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
 def build_model(settings: dict[str, Any], vocab: Vocabulary, mode: str = "sequence") -> ActionRecognizer:
     encoder = ClipEncoderConfig(
         stem_width=settings["stem_width"],
+        stem_stride=settings["stem_stride"],
         stage_widths=tuple(settings["stage_widths"]),
         stage_strides=(2,) * len(settings["stage_widths"]),
         frame_dim=settings["frame_dim"],
@@ -91,11 +104,34 @@ def build_model(settings: dict[str, Any], vocab: Vocabulary, mode: str = "sequen
     return ActionRecognizer(ActionConfig(encoder, decoder, mode, presence_head=settings["presence_weight"] > 0), vocab)
 
 
-def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+def _lr_factor(progress: float, warmup: float, floor: float) -> float:
+    """Warm-up then cosine decay to `floor`, over progress 0..1 (warmup: its share of it)."""
+    if progress < warmup:
+        return min(1.0, (progress + 1e-9) / warmup)
+    progress = min((progress - warmup) / max(1.0 - warmup, 1e-9), 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _freeze(model: ActionRecognizer, stages: int) -> torch.nn.Module | None:
+    """Fix the stem and the first `stages` stages of the frame CNN; returns them (None: nothing fixed)."""
+    if stages <= 0:
+        return None
+    blocks = model.config.encoder.blocks_per_stage
+    part = model.encoder.cnn.body[: 3 + stages * blocks]  # conv, batch norm, ReLU, then the blocks
+    for param in part.parameters():
+        param.requires_grad_(False)
+    return part
+
+
+def _train_mode(model: ActionRecognizer, frozen: torch.nn.Module | None) -> None:
+    model.train()
+    if frozen is not None:  # fixed layers keep their pretrained batch-norm statistics
+        frozen.eval()
+
+
+def _selection_score(val: dict[str, float]) -> float:
+    """Which validation is best: both goals count (exact sequence and localisation)."""
+    return val["exact_sequence_accuracy"] + val["localisation_iou50"]
 
 
 def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
@@ -105,9 +141,21 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
         torch.set_num_threads(s["num_threads"])
     torch.manual_seed(options.seed)
     device = torch.device(options.device)
+    budget = s["time_budget_s"] or None
+    started = time.monotonic()
     vocab = action_vocabulary()
     model = build_model(s, vocab).to(device)
-    train_set = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size)
+    pretrained = None
+    if s["pretrain_steps"] > 0:
+        encoder = model.config.encoder
+        pretrained = pretrain_trunk(model.encoder.cnn, encoder, s["pretrain_steps"], lr=s["pretrain_lr"], seed=options.seed,
+                                    device=device, progress=s["progress"], time_budget_s=budget)  # fmt: skip
+        logger.log_metrics({"pretrain_digit_accuracy": pretrained.digit_accuracy,
+                            "pretrain_false_alarms": pretrained.false_alarms}, step=0)  # fmt: skip
+        if s["progress"]:
+            tqdm.write(f"pretrained trunk: {pretrained}", file=sys.stderr)
+    frozen = _freeze(model, s["freeze_stages"]) if pretrained is not None else None
+    train_set = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size, pool=s["clip_pool"])
     loader = DataLoader(
         train_set,
         batch_size=options.batch_size,
@@ -122,15 +170,35 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
               "learning_rate": options.learning_rate, "seed": options.seed, "max_steps": options.max_steps,
               "total_steps": total_steps, "parameters": sum(p.numel() for p in model.parameters()), **s}  # fmt: skip
     logger.log_params(params)
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate, weight_decay=s["weight_decay"])
-    schedule = partial(_lr_factor, total=total_steps, warmup=s["warmup_steps"], floor=s["min_lr_ratio"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=options.learning_rate, weight_decay=s["weight_decay"])
+    clip_started = time.monotonic()
+    clip_budget = None if budget is None else max(budget - (clip_started - started), 1.0)
+
+    def progress_of(step: int) -> float:
+        # With a time budget the schedule follows whichever runs out first, steps or time,
+        # so a run on a slower (shared) machine still anneals before it is stopped.
+        done = step / max(total_steps, 1)
+        if clip_budget is not None:
+            done = max(done, (time.monotonic() - clip_started) / clip_budget)
+        return done
+
+    warmup = s["warmup_steps"] / max(total_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(progress_of(step), warmup, s["min_lr_ratio"])
+    )
+    eval_every = s["eval_every"] or len(loader)
+    training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
+    if pretrained is not None:
+        training.update(pretrain_steps_done=pretrained.steps, pretrain_seconds=round(pretrained.seconds, 1),
+                        pretrain_val_digit_accuracy=round(pretrained.digit_accuracy, 4))  # fmt: skip
     history: list[dict[str, float]] = []
-    step, started = 0, time.monotonic()
-    for epoch in range(1, options.epochs + 1):
+    best, step, epoch, stop = -1.0, 0, 0, False
+    running, seen = 0.0, 0
+    while not stop:
+        epoch += 1
         train_set.set_epoch(epoch - 1)
-        model.train()
-        running, seen = 0.0, 0
+        _train_mode(model, frozen)
         bar = tqdm(loader, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
         for clips, captions, spans in bar:
             clips, captions = clips.to(device), captions.to(device)  # [B, T, 3, H, W] + lengths, [B, L+1]
@@ -141,30 +209,41 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
                 loss = loss + s["presence_weight"] * F.binary_cross_entropy_with_logits(presence, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(trainable, s["grad_clip"])
             optimizer.step()
             scheduler.step()
             step += 1
             running, seen = running + ce.item() * len(clips), seen + len(clips)
             bar.set_postfix(loss=f"{running / seen:.3f}", total=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
-            if step >= total_steps:
+            out_of_time = budget is not None and time.monotonic() - started > budget
+            stop = step >= total_steps or out_of_time or (epoch >= options.epochs and step % len(loader) == 0)
+            if step % eval_every and not stop:
+                continue
+            val, _, _ = evaluate_model(model, s["val_clips"], progress=False, split="val", seed=options.seed)
+            _train_mode(model, frozen)
+            wall = time.monotonic() - started
+            row = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1), "wall_seconds": wall,
+                   **{f"val_{k}": v for k, v in val.items() if k not in ("clips", "actions")}}  # fmt: skip
+            running, seen = 0.0, 0
+            history.append(row)
+            logger.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=step)
+            score = _selection_score(val)
+            if s["progress"]:
+                keys = ("train_loss", "val_exact_sequence_accuracy", "val_per_action_accuracy", "val_localisation_iou50")
+                line = ", ".join(f"{k} {row[k]:.4g}" for k in keys)
+                mark = " (best)" if score > best else ""
+                tqdm.write(f"step {step} epoch {epoch}: {line}, {wall:.0f}s{mark}", file=sys.stderr)
+            # Only the best-on-validation model is written, as soon as it is found, so a run
+            # cut short still leaves its best model behind.
+            if score > best:
+                best = score
+                save_recognizer(model, options.output_dir, {**training, "steps": step, "epochs_done": epoch,
+                                                            "wall_seconds": round(wall, 1),
+                                                            "val_selection_score": round(score, 4)}, s["fp16"])  # fmt: skip
+            if stop:
                 break
-        val, _, _ = evaluate_model(model, s["val_clips"], progress=False, split="val", seed=options.seed)
-        row = {"epoch": epoch, "train_loss": running / max(seen, 1),
-               **{f"val_{k}": v for k, v in val.items() if k not in ("clips", "actions")}}  # fmt: skip
-        history.append(row)
-        logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        if s["progress"]:
-            keys = ("train_loss", "val_exact_sequence_accuracy", "val_per_action_accuracy", "val_localisation_iou50")
-            line = ", ".join(f"{k} {row[k]:.4g}" for k in keys)
-            tqdm.write(f"epoch {epoch}: {line}, {time.monotonic() - started:.0f}s", file=sys.stderr)
-        # Written every epoch, so a run cut short still leaves its latest model behind.
-        wall = time.monotonic() - started
-        training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
-        save_recognizer(model, options.output_dir, {**training, "steps": step, "epochs_done": epoch,
-                                                    "wall_seconds": round(wall, 1)}, s["fp16"])  # fmt: skip
-        if step >= total_steps:
-            break
-    metrics = {k: float(v) for k, v in history[-1].items() if k != "epoch"}
-    metrics["train_wall_seconds"] = wall
+    chosen = max(history, key=lambda r: r["val_exact_sequence_accuracy"] + r["val_localisation_iou50"])
+    metrics = {k: float(v) for k, v in chosen.items() if k != "epoch"}
+    metrics["train_wall_seconds"] = time.monotonic() - started
+    metrics["steps_done"] = float(step)
     return TrainResult(artifact_dir=options.output_dir, metrics=metrics, params=params)

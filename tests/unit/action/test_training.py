@@ -1,0 +1,106 @@
+"""Action training: frame-trunk pretraining targets, the clip pool, fixed layers, the training loop."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mmserve.plugins.action.checkpoint import load_recognizer
+from mmserve.plugins.action.clips import sample_clip
+from mmserve.plugins.action.data import ActionClips, action_vocabulary
+from mmserve.plugins.action.model import ClipEncoderConfig, FrameCNN
+from mmserve.plugins.action.pretrain import NOTHING, frame_targets, pretrain_trunk
+from mmserve.plugins.action.render import centre_of_mass, render_actor, render_clip
+from mmserve.plugins.action.train import _freeze, _train_mode, build_model, resolve_settings, train_recognizer
+from mmserve.plugins.task import TrainOptions
+from mmserve.plugins.tracking import MemoryRunLogger
+
+VOCAB = action_vocabulary()
+TINY = {"stem_width": 4, "stem_stride": 1, "stage_widths": [8, 8], "frame_dim": 16, "temporal_hidden": 8,
+        "embed_dim": 8, "hidden_dim": 16, "attn_dim": 8, "progress": False}  # fmt: skip
+
+
+def test_stem_stride_sets_the_grid():
+    assert FrameCNN(ClipEncoderConfig(stem_stride=2, stage_widths=(8, 8))).grid == (4, 6)
+    assert FrameCNN(ClipEncoderConfig(stem_stride=1, stage_widths=(8, 8))).grid == (8, 12)
+
+
+def test_frame_targets_name_each_visible_digit_at_its_rendered_centre():
+    checked = 0
+    for index in range(12):
+        spec = sample_clip("train", index, seed=3)
+        frames = list(range(spec.num_frames))
+        classes, pose = frame_targets(spec, frames, (8, 12))
+        assert classes.shape == (spec.num_frames, 8, 12) and pose.shape == (spec.num_frames, 4, 8, 12)
+        for a, actor in enumerate(spec.actors):
+            layers = render_actor(spec, a)  # [T, H, W], no jitter
+            for t, state in enumerate(spec.actor_states(a)):
+                cells = (classes[t] == actor.label).nonzero().tolist()
+                if state.alpha < 0.5:
+                    assert not cells, f"clip {index} frame {t}: an invisible digit has a cell"
+                    continue
+                assert len(cells) == 1, f"clip {index} frame {t}: {len(cells)} cells for one digit"
+                x, y = centre_of_mass(layers[t])
+                dx, dy = spec.jitter[t]
+                i, j = cells[0]
+                # the cell (4 x 4 px) holds the drawn digit's centre, give or take its asymmetric mass
+                assert abs((j + 0.5) * 4 - (x + dx)) < 6 and abs((i + 0.5) * 4 - (y + dy)) < 6
+                assert abs(float(pose[t, 2, i, j]) - state.angle / 90) < 1e-5
+                checked += 1
+        assert int((classes != NOTHING).sum()) <= 2 * spec.num_frames
+    assert checked > 60
+
+
+def test_pretraining_trains_the_trunk_only_and_reports_val_accuracy():
+    torch.manual_seed(0)
+    config = ClipEncoderConfig(stem_width=4, stem_stride=1, stage_widths=(8, 8), frame_dim=16)
+    cnn = FrameCNN(config)
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    result = pretrain_trunk(cnn, config, steps=2, clips_per_step=2, frames_per_clip=2, progress=False, val_clips=3)
+    assert result.steps == 2 and 0.0 <= result.digit_accuracy <= 1.0 and 0.0 <= result.false_alarms <= 1.0
+    after = cnn.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("body."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("project."))
+
+
+def test_clip_pool_renders_once_and_cycles():
+    pooled = ActionClips("train", 3, VOCAB, seed=1, pool=2)
+    fresh = ActionClips("train", 3, VOCAB, seed=1)
+    frames, ids, spans = pooled[1]
+    torch.testing.assert_close(frames, render_clip(sample_clip("train", 1, 1)))
+    assert spans == sample_clip("train", 1, 1).spans and ids.tolist() == VOCAB.encode(sample_clip("train", 1, 1).caption)
+    assert pooled[1][0].data_ptr() == frames.data_ptr()  # kept, not rendered again
+    pooled.set_epoch(1)
+    fresh.set_epoch(1)
+    torch.testing.assert_close(pooled[2][0], fresh[2][0])
+    pooled.set_epoch(2)  # back to the first set
+    assert pooled[1][0].data_ptr() == frames.data_ptr()
+
+
+def test_frozen_stages_do_not_change_while_the_rest_trains():
+    model = build_model(resolve_settings(TINY), VOCAB)
+    frozen = _freeze(model, 1)
+    fixed = {k: v.clone() for k, v in frozen.state_dict().items()}  # incl. batch-norm statistics
+    _train_mode(model, frozen)
+    assert not frozen.training and model.encoder.cnn.body[-1].training
+    clips = [render_clip(sample_clip("train", i, 0)) for i in range(2)]
+    batch = model.collate(clips)
+    captions = torch.tensor([VOCAB.encode(sample_clip("train", 0, 0).caption)] * 2)
+    logits, _, _ = model.forward_train(batch, captions[:, :-1])
+    logits.sum().backward()
+    assert all(p.grad is None for p in frozen.parameters())
+    assert all(torch.equal(fixed[k], v) for k, v in frozen.state_dict().items())
+
+
+def test_training_keeps_the_best_validated_model(tmp_path):
+    logger = MemoryRunLogger()
+    extra = {**TINY, "train_clips": 4, "val_clips": 2, "eval_every": 1, "pretrain_steps": 1, "freeze_stages": 1}
+    options = TrainOptions(output_dir=tmp_path, epochs=1, batch_size=2, max_steps=2, extra=extra)
+    result = train_recognizer(options, logger)
+    assert result.metrics["steps_done"] == 2
+    training = json.loads((tmp_path / "config.json").read_text())["training"]
+    assert training["steps"] in (1, 2) and training["pretrain_steps_done"] == 1
+    assert "val_selection_score" in training
+    model = load_recognizer(tmp_path)
+    assert model.config.encoder.stem_stride == 1
