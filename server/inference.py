@@ -104,6 +104,14 @@ class Inference:
             raise ApiError(503, f"task {task!r} is not ready: {reason}", {"Retry-After": "5"})
         return service
 
+    def check_capacity(self, task: str) -> None:
+        """Shed a request (503 + Retry-After) before its body is even read when the task's
+        queue is full: under overload, parsing uploads only to refuse them starves the
+        requests that were accepted. Reserves nothing; `run` admits for real."""
+        loaded = self.service(task).loaded
+        if loaded is not None:
+            loaded.engine.check_capacity()
+
     async def preprocess(
         self, service: TaskService, loaded: LoadedModel, data: bytes, content_type: str | None, params: GenerationParams
     ) -> Any:
@@ -256,19 +264,21 @@ class Inference:
         tokens: asyncio.Queue,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         index = 0
+        items = service.task.stream_items(loaded.model)  # outputs -> event payloads (one per token, or per unit)
         try:
             while True:
                 getter = asyncio.ensure_future(tokens.get())
                 done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield "token", {"index": index, "token": service.task.token_text(getter.result(), loaded.model)}
-                    index += 1
+                    for payload in items(getter.result()):
+                        yield "token", {"index": index, "token": payload}
+                        index += 1
                     continue
                 getter.cancel()
                 while not tokens.empty():  # tokens that arrived together with the final result
-                    token = tokens.get_nowait()
-                    yield "token", {"index": index, "token": service.task.token_text(token, loaded.model)}
-                    index += 1
+                    for payload in items(tokens.get_nowait()):
+                        yield "token", {"index": index, "token": payload}
+                        index += 1
                 try:
                     result = generation.result()
                 except Exception as exc:

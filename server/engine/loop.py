@@ -200,6 +200,14 @@ class TaskEngine:
                 raise EngineOverloaded(self.task, queued)
             self._admitted += 1
 
+    def check_capacity(self) -> None:
+        """Raise EngineOverloaded when `admit` would; reserves nothing (an early, cheap shed)."""
+        queued = len(self._waiting) + self._admitted  # a racy read is fine: admit() decides
+        if queued >= self.config.max_queue:
+            if self.metrics:
+                self.metrics.rejected.labels(self.task).inc()
+            raise EngineOverloaded(self.task, queued)
+
     def withdraw(self) -> None:
         """An admitted request that will not be submitted (its input failed, its client left)."""
         with self._cv:

@@ -79,6 +79,7 @@ def _add_task_route(app: FastAPI, inference: Inference, service: TaskService) ->
 
 async def _handle(request: Request, inference: Inference, name: str) -> Response:
     service = inference.service(name)  # 404 / 503 before reading a large body
+    inference.check_capacity(name)  # overloaded: 503 + Retry-After before reading it, too
     body = await read_task_input(request, inference.max_body_bytes, inference.json_limits)
     params = parse_params(body.params, inference.settings, service.task.request_options, service.task)
     if params.stream:

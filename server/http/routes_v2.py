@@ -3,9 +3,11 @@ extension, so `tritonclient.http` works unmodified.
 
 Every served task is a v2 model named after the task; its version is the served model version.
 
-Inputs. A task takes one BYTES input (its `v2_inputs`). The first dimension is the batch:
-shape [N] (or [N, 1]) holds N independent inputs. Each is preprocessed and decoded as its own
-request, all submitted at once so the engine batches them; every output has N rows.
+Inputs. A request sends one of the task's `v2_inputs`: its BYTES input, or a numeric one
+(e.g. music's NOTES INT32 [N, steps, voices]) whose rows `Task.v2_input` turns into the bytes
+preprocess takes. The first dimension is the batch: shape [N] (or [N, 1]) holds N independent
+BYTES inputs. Each is preprocessed and decoded as its own request, all submitted at once so the
+engine batches them; every output has N rows.
 
 - Binary form: each element is the raw file (image bytes, UTF-8 text, ...).
 - JSON form: each element is a string. For a task whose content types are all text/* (echo),
@@ -249,6 +251,7 @@ async def _observed_infer(request: Request, inference: Inference, model_name: st
 async def _infer(request: Request, inference: Inference, model_name: str, version: str | None) -> Response:
     _known_model(inference, model_name, version)  # v2 wording for unknown models and versions
     service = inference.service(model_name)  # 503 unless ready
+    inference.check_capacity(model_name)  # overloaded: 503 + Retry-After before reading the body
     try:
         body = decompress_body(
             await request.body(), request.headers.get("content-encoding"), inference.max_body_bytes
@@ -319,16 +322,13 @@ def _choose_outputs(task: Task, parsed: InferRequest) -> list[OutputChoice]:
 
 def _input_items(task: Task, parsed: InferRequest) -> tuple[str, list[tuple[bytes, str | None]]]:
     """The input's name and one (bytes, content type) per batch element."""
-    spec = _single_input(task)
-    if len(parsed.inputs) != 1 or parsed.inputs[0].get("name") != spec.name:
-        names = [t.get("name") for t in parsed.inputs]
-        unknown = [n for n in names if n != spec.name]
-        problem = f"unknown input {unknown[0]!r}" if unknown else f"input {spec.name!r} is sent {len(names)} times"
-        raise CodecError(f"{problem} for model {task.name!r}; it takes exactly one input, {spec.name!r}")
+    spec = _chosen_input(task, parsed)
     tensor, chunk = parsed.inputs[0], parsed.chunks[0]
     if tensor.get("datatype") != spec.datatype:
         raise CodecError(f"input {spec.name!r} has datatype {tensor.get('datatype')!r}; it must be {spec.datatype}")
     shape = tensor.get("shape")
+    if spec.datatype != "BYTES":  # an array per batch element, which the task turns into its input bytes
+        return spec.name, _array_items(task, spec, tensor, chunk)
     _check_batch_shape(spec.name, shape)
     elements = _decode_elements(task, spec.name, tensor, chunk)
     params = json_object(tensor.get("parameters"), f"parameters of input {spec.name!r}")
@@ -338,13 +338,39 @@ def _input_items(task: Task, parsed: InferRequest) -> tuple[str, list[tuple[byte
     return spec.name, [(element, content_type) for element in elements]
 
 
-def _single_input(task: Task) -> TensorSpec:
-    # Task.preprocess takes one file per request, so a v2 model has exactly one BYTES input.
-    if len(task.v2_inputs) != 1 or task.v2_inputs[0].datatype != "BYTES":
-        raise ApiError(
-            501, f"model {task.name!r} declares v2 inputs {task.v2_inputs}; the v2 endpoint needs exactly one BYTES input"
-        )
-    return task.v2_inputs[0]
+def _chosen_input(task: Task, parsed: InferRequest) -> TensorSpec:
+    # Task.preprocess takes one input per request: a request sends exactly one of the task's
+    # v2 inputs (e.g. music's PRIMER file or its NOTES array).
+    if not any(spec.datatype == "BYTES" for spec in task.v2_inputs):
+        raise ApiError(501, f"model {task.name!r} declares v2 inputs {task.v2_inputs}; the v2 endpoint needs a BYTES input")
+    specs = {spec.name: spec for spec in task.v2_inputs}
+    names = [t.get("name") for t in parsed.inputs]
+    if len(names) != 1 or names[0] not in specs:
+        unknown = [n for n in names if n not in specs]
+        problem = f"unknown input {unknown[0]!r}" if unknown else f"{len(names)} inputs"
+        raise CodecError(f"{problem} for model {task.name!r}; it takes exactly one input, one of {sorted(specs)}")
+    return specs[names[0]]
+
+
+def _array_items(task: Task, spec: TensorSpec, tensor: dict[str, Any], chunk: bytes | None) -> list[tuple[bytes, str | None]]:
+    """A numeric input [N, ...]: each of its N rows becomes one request through `Task.v2_input`."""
+    shape = tensor.get("shape")
+    element_count(shape)  # a list of integers, or CodecError
+    if len(shape) < 2 or shape[0] < 1:
+        raise CodecError(f"input {spec.name!r} has shape {shape}; it must be [N, ...]: a batch of N >= 1 arrays")
+    try:
+        if chunk is not None:
+            if "data" in tensor:
+                raise CodecError("it has both 'data' and binary_data_size; send one")
+            array = decode_binary_tensor(spec.datatype, shape, chunk)
+        elif "data" in tensor:
+            array = decode_json_tensor(spec.datatype, shape, tensor["data"])
+        else:
+            raise CodecError("it needs 'data' or parameters.binary_data_size")
+    except CodecError as exc:
+        raise CodecError(f"input {spec.name!r}: {exc}") from None
+    assert isinstance(array, np.ndarray), f"{spec.datatype} decodes to an array"
+    return [task.v2_input(spec.name, array[i]) for i in range(shape[0])]
 
 
 def _check_batch_shape(name: str, shape: Any) -> None:

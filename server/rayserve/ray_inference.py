@@ -101,6 +101,10 @@ class RayInference(Inference):
 
     # ----- requests ------------------------------------------------------------------------------
 
+    def check_capacity(self, task: str) -> None:
+        # Replicas and Serve's max_queued_requests shed; the ingress has no queue to read.
+        self.service(task)
+
     @contextlib.contextmanager
     def pinned(self, task: str) -> Iterator[None]:
         # Versions live in the replicas; the ingress cannot hold one (see routes_v2._produced_by).
