@@ -170,6 +170,24 @@ class ModelRegistry:
             out.append({"name": model.name, "versions": sorted(versions, key=lambda v: int(v["version"]))})
         return out
 
+    def cached_models(self) -> list[dict[str, Any]]:
+        """Versions in the local cache, with the aliases last seen for them (no MLflow call):
+        what a server on this data directory serves while MLflow is unreachable."""
+        out = []
+        for task_dir in sorted(p for p in self.cache_dir.glob("*") if p.is_dir()):
+            if not _SAFE_NAME.fullmatch(task_dir.name):
+                continue
+            aliases_file = self._aliases_file(task_dir.name)
+            aliases = json.loads(aliases_file.read_text()) if aliases_file.is_file() else {}
+            versions = [
+                {"version": v.name, "aliases": sorted(a for a, to in aliases.items() if to == v.name),
+                 "run_id": None, "description": "cached"}
+                for v in task_dir.iterdir() if (v / CONFIG_FILE).is_file()
+            ]  # fmt: skip
+            if versions:
+                out.append({"name": task_dir.name, "versions": sorted(versions, key=lambda v: _version_key(v["version"]))})
+        return out
+
     def current_version(self, task: str, alias: str) -> str:
         """The version `task@alias` points at in MLflow now (raises when MLflow cannot say)."""
         return str(self.client.get_model_version_by_alias(task, alias).version)
@@ -221,3 +239,7 @@ class ModelRegistry:
         if version and (self.cache_dir / task / version / CONFIG_FILE).is_file():
             return version
         return None
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)

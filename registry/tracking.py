@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 
@@ -14,6 +15,14 @@ EXPERIMENT = "mmserve"
 def default_tracking_uri(data_dir: Path) -> str:
     """MLFLOW_TRACKING_URI if set, else the embedded sqlite store under the data directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+
+
+def redact_uri(uri: str) -> str:
+    """A tracking URI fit for messages: any user name or password in it replaced by ***."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def limit_http_retries() -> None:

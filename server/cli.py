@@ -144,7 +144,11 @@ def _version_label(version: dict[str, Any]) -> str:
 def _models(args: argparse.Namespace) -> int:
     from mmserve.registry.models import ModelRegistry
 
-    models = ModelRegistry(_settings().data_dir).list_models()
+    registry = ModelRegistry(_settings().data_dir)
+    try:
+        models = registry.list_models()
+    except Exception as exc:  # the tracking server is down or unreachable: say so, and what is cached
+        return _registry_unreachable(registry, exc, args.json)
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -155,6 +159,26 @@ def _models(args: argparse.Namespace) -> int:
         for version in model["versions"]:
             print(f"  {_version_label(version)}  run {version['run_id']}  {version['description'] or ''}".rstrip())
     return 0
+
+
+def _registry_unreachable(registry, exc: Exception, as_json: bool) -> int:
+    from mmserve.registry.tracking import redact_uri
+
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    where = redact_uri(registry.tracking_uri)
+    cached = registry.cached_models()
+    if as_json:
+        print(json.dumps({"error": f"MLflow is unreachable at {where}", "reason": reason, "cached": cached}, indent=2))
+        return 1
+    print(f"MLflow is unreachable at {where}: {reason}", file=sys.stderr)
+    if not cached:
+        print("no model versions are cached locally", file=sys.stderr)
+    else:
+        print("cached locally (a server with this data directory serves these while MLflow is down):", file=sys.stderr)
+        for model in cached:
+            versions = ", ".join(_version_label(v) for v in model["versions"])
+            print(f"  {model['name']}: {versions}", file=sys.stderr)
+    return 1
 
 
 def _task(name: str):

@@ -165,14 +165,22 @@ class Runtime:
         """Load `service`'s model on `device` (default: from its settings) and start its engine."""
         try:
             if self.settings.register_bundled:
-                alias = self.settings.task(service.name).alias
-                self.registry.ensure_bundled(service.name, service.task.bundled_artifacts(), alias)
+                self._ensure_bundled(service)
             previous = service.install(self.prepare(service, device))
             if previous is not None:
                 previous.retire()
         except Exception as exc:
             service.status, service.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("task %s failed to load its model", service.name)
+
+    def _ensure_bundled(self, service: TaskService) -> None:
+        alias = self.settings.task(service.name).alias
+        try:
+            self.registry.ensure_bundled(service.name, service.task.bundled_artifacts(), alias)
+        except Exception as exc:
+            # MLflow is down: what the local cache holds may still serve (prepare -> resolve).
+            log.warning("could not check or register %s@%s in MLflow (%s); trying the local cache", service.name,
+                        alias, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)  # fmt: skip
 
     def prepare(self, service: TaskService, device: torch.device | None = None) -> LoadedModel:
         """Resolve the task's alias now, load that version and start its engine, beside whatever
