@@ -9,13 +9,16 @@ HTTP, metrics — the same way for every task.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
+from mmserve.plugins.errors import InputError
 from mmserve.plugins.nn.contract import EncoderDecoder
 from mmserve.plugins.nn.decoding import DecodeResult
 from mmserve.plugins.tracking import RunLogger
@@ -129,11 +132,23 @@ class Task(ABC):
             return vocab.itos[item]
         return item
 
+    def stream_items(self, model: EncoderDecoder) -> Callable[[Any], list[Any]]:
+        """For one streamed answer: a function from each decoded output to the JSON of the
+        stream events it completes (zero or more). By default one event per output
+        (`token_text`); a task whose unit spans several outputs (music: a time step of several
+        note tokens) buffers them here and sends one event per unit."""
+        return lambda item: [self.token_text(item, model)]
+
     def binary_response(self, output: dict[str, Any]) -> tuple[bytes, str] | None:
         """(content, media type) when `POST /v1/<task>` should answer with a file instead of JSON
         (e.g. `format=midi` → audio/midi); None for JSON. A client that sends
         `Accept: application/json` still gets the JSON."""
         return None
+
+    def v2_input(self, name: str, value: np.ndarray) -> tuple[bytes, str | None]:
+        """One batch row of a numeric v2 input (a non-BYTES entry of `v2_inputs`) as the bytes
+        and content type `preprocess` takes; raise InputError for values it cannot take."""
+        raise InputError(f"task {self.name!r} takes no numeric v2 input {name!r}")
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
         """Map one `postprocess` result to Open Inference Protocol output tensors by name."""

@@ -5,13 +5,16 @@ the JSON for clients that ask for JSON)."""
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
-from mmserve.plugins.errors import PayloadTooLarge, UnprocessableInput
+from mmserve.plugins.errors import InputError, PayloadTooLarge, UnprocessableInput
 from mmserve.plugins.music.checkpoint import load_music_model
 from mmserve.plugins.music.midi import piece_to_midi_bytes
 from mmserve.plugins.music.preprocess import CONTENT_TYPES, MAX_GENERATED_STEPS, MusicOptions, parse_piece
@@ -20,6 +23,7 @@ from mmserve.plugins.music.scoring import score_output, score_piece
 from mmserve.plugins.music.served import ServedMusic
 from mmserve.plugins.music.tokens import (
     EOS_ID,
+    FIRST_PITCH_ID,
     NUM_PITCHES,
     STEP_ID,
     piece_to_roll,
@@ -52,7 +56,9 @@ class MusicTask(Task):
         "options mode, length (time steps), tempo, format (json | midi | wav | png)."
     )
     content_types = CONTENT_TYPES
-    v2_inputs = (TensorSpec("PRIMER", "BYTES", (1,)),)
+    # PRIMER: a MIDI file (or JSON pitch lists); NOTES: time steps x voices of MIDI pitches, -1
+    # for a silent voice (as in Jsb16thSeparated), sent as [N, steps, voices] for N requests.
+    v2_inputs = (TensorSpec("PRIMER", "BYTES", (1,)), TensorSpec("NOTES", "INT32", (-1, -1)))
     v2_outputs = (TensorSpec("MIDI", "BYTES", (1,)), TensorSpec("NOTES", "BYTES", (1,)))
     # Tokens, not steps. The model ends each row itself after its steps, and a generated step
     # takes at most TOKENS_PER_STEP tokens, so a request's token budget follows from its steps;
@@ -167,14 +173,43 @@ class MusicTask(Task):
         return base64.b64decode(output["data"]), output["content_type"]
 
     def token_text(self, item: Any, model: EncoderDecoder) -> Any:
-        # Streaming: one event per token; a pitch as its MIDI number, the end of a step as "|".
+        # One token: a pitch as its MIDI number, the end of a step as "|".
         if item == STEP_ID:
             return "|"
-        return token_to_pitch(int(item)) if isinstance(item, int) and item >= 4 else str(item)
+        return token_to_pitch(int(item)) if isinstance(item, int) and item >= FIRST_PITCH_ID else str(item)
+
+    def stream_items(self, model: EncoderDecoder) -> Callable[[Any], list[Any]]:
+        """Streaming sends one event per time step: {"step": t, "notes": [MIDI pitches]}, once
+        the step's <step> token is chosen (a harmonised step holds the written voices only)."""
+        notes: list[int] = []
+        steps = 0
+
+        def on_token(item: Any) -> list[Any]:
+            nonlocal steps
+            if item == STEP_ID:
+                event = {"step": steps, "notes": list(notes)}
+                notes.clear()
+                steps += 1
+                return [event]
+            if isinstance(item, int) and item >= FIRST_PITCH_ID:
+                notes.append(token_to_pitch(item))
+            return []
+
+        return on_token
+
+    def v2_input(self, name: str, value: np.ndarray) -> tuple[bytes, str | None]:
+        """NOTES [steps, voices] INT32 -> the JSON pitch lists preprocess takes (-1: silent)."""
+        if name != "NOTES":
+            return super().v2_input(name, value)
+        if value.ndim != 2:
+            raise InputError(f"NOTES must be [steps, voices] per request (shape [N, steps, voices]), got {list(value.shape)} per request")
+        steps = [[int(p) for p in row if p >= 0] for row in value]
+        return json.dumps(steps).encode(), "application/json"
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
-        import json
-
+        if output.get("mode") == "score":  # no music comes back: NOTES carries the score as JSON
+            keys = ("nll", "num_steps", "nll_per_step", "step_nll")
+            return {"MIDI": b"", "NOTES": json.dumps({k: output[k] for k in keys})}
         piece = [step["notes"] for step in output["steps"]]
         midi = piece_to_midi_bytes(piece, output["tempo"], max(int(round(60.0 / output["tempo"] / output["seconds_per_step"])), 1))
         return {"MIDI": midi, "NOTES": json.dumps(piece)}

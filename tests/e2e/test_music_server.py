@@ -4,6 +4,7 @@ server-sent events, the Open Inference Protocol with tritonclient, and bad input
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -72,11 +73,56 @@ def test_wav_answer_parses_back(base):
     assert rate > 0 and len(audio) >= 1.5 * rate and np.abs(audio).max() > 0.001  # two seconds, not silence
 
 
-def test_stream_sends_one_event_per_token_then_the_result(base):
-    with httpx.stream("POST", f"{base}/v1/music", params={"length": 3, "stream": "true"}, content=b"", timeout=60) as r:
+def test_stream_sends_one_event_per_time_step_then_the_result(base):
+    params = {"length": 5, "stream": "true", "temperature": 1.0, "seed": 3}
+    with httpx.stream("POST", f"{base}/v1/music", params=params, content=b"", timeout=60) as r:
         assert r.status_code == 200
-        events = [line.removeprefix("event: ") for line in r.iter_lines() if line.startswith("event: ")]
-    assert events.count("token") >= 3 and events[-1] == "result"
+        lines = [line for line in r.iter_lines() if line.startswith(("event: ", "data: "))]
+    events = [(lines[i].removeprefix("event: "), json.loads(lines[i + 1].removeprefix("data: "))) for i in range(0, len(lines), 2)]
+    assert [name for name, _ in events] == ["token"] * 5 + ["result"]
+    result = events[-1][1]
+    assert [payload["token"] for _, payload in events[:-1]] == [{"step": t, "notes": s["notes"]} for t, s in enumerate(result["steps"])]
+
+
+def test_length_goes_past_the_server_wide_token_cap(base):
+    response = httpx.post(f"{base}/v1/music", params={"length": 40, "temperature": 1.0, "seed": 1}, content=b"", timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["num_steps"] == 40 and response.json()["finished"]
+
+
+def test_same_seed_same_music_among_other_requests(base):
+    def params(seed):
+        return {"length": 12, "temperature": 1.0, **({} if seed is None else {"seed": seed})}
+
+    async def crowd():
+        async with httpx.AsyncClient(timeout=60) as client:
+            seeds = (7, None, 8, None, 7)
+            return await asyncio.gather(*(client.post(f"{base}/v1/music", params=params(s), content=b"") for s in seeds))
+
+    alone = httpx.post(f"{base}/v1/music", params=params(7), content=b"", timeout=60).json()["steps"]
+    crowded = [r.json()["steps"] for r in asyncio.run(crowd())]
+    assert crowded[0] == alone and crowded[4] == alone
+    assert crowded[2] != alone
+
+
+def test_score_through_the_api_is_the_benchmark_computation(base):
+    import torch
+
+    from mmserve.plugins.music.checkpoint import load_music_model
+    from mmserve.plugins.music.data import load_quarter
+    from mmserve.plugins.music.evaluate import nll_per_step
+    from mmserve.plugins.music.task import MusicTask
+
+    pieces = load_quarter()["test"][:2]
+    torch.set_num_threads(1)
+    offline = load_music_model(MusicTask().bundled_artifacts())
+    for piece in pieces:
+        response = _post(base, json.dumps(piece).encode(), "application/json", mode="score")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["num_steps"] == len(piece) and len(body["step_nll"]) == len(piece)
+        assert body["nll_per_step"] == pytest.approx(nll_per_step(offline, [piece]), rel=1e-5)
+        assert body["nll"] == pytest.approx(body["nll_per_step"] * len(piece), rel=1e-9)
 
 
 def test_tritonclient_gets_midi_and_notes(base):
@@ -93,6 +139,22 @@ def test_tritonclient_gets_midi_and_notes(base):
     assert bytes(midi)[:4] == b"MThd"
     notes = result.as_numpy("NOTES")[0]
     assert isinstance(json.loads(notes), list)
+
+
+def test_tritonclient_sends_notes_as_int32_voices(base):
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(base.removeprefix("http://"))
+    voices = np.array([[[72, 67, 64, 48], [74, 67, 65, 47], [76, -1, 67, 48]]] * 2, dtype=np.int32)  # [N=2, steps, voices]
+    tensor = http.InferInput("NOTES", list(voices.shape), "INT32")
+    tensor.set_data_from_numpy(voices, binary_data=True)
+    outputs = [http.InferRequestedOutput("NOTES", binary_data=False)]
+    result = client.infer("music", [tensor], outputs=outputs, parameters={"mode": "score"})
+    scores = [json.loads(row) for row in result.as_numpy("NOTES")]
+    assert [s["num_steps"] for s in scores] == [3, 3] and scores[0]["nll"] == pytest.approx(scores[1]["nll"])
+    primed = client.infer("music", [tensor], parameters={"length": 4, "temperature": 1.0, "seed": 5})
+    assert bytes(primed.as_numpy("MIDI")[0])[:4] == b"MThd"
+    assert len(json.loads(primed.as_numpy("NOTES")[0])) == 4
 
 
 @pytest.mark.parametrize(
