@@ -4,12 +4,14 @@
 set, and does the same work a server does per request: preprocess each upload (the task's own
 function), encode the batch, greedy-decode it, postprocess every answer. Every request of a
 batch has that batch's wall time as its latency (a finished row waits for the longest one);
-throughput is requests over the total wall time.
+throughput is requests over the total wall time. Long-decode: each input is a JSON request
+body; the series goes through the task's preprocess and its `max_length` is that row's horizon.
 
-`--mode continuous`: c rows decode in the engine's own `LengthBuckets` of `DecodingBatch`es; each
-step, finished rows leave and as many new inputs are preprocessed, encoded together and
-joined. A request's latency is from its preprocessing to its last step. This is continuous
-batching with no server around it: the limit for the long-decode workload.
+`--mode continuous`: c rows decode in the engine's own `LengthBuckets` of `DecodingBatch`es, each
+with its request's max_length; each step, finished rows leave and as many new inputs are
+preprocessed, encoded together and joined. A request's latency is from its preprocessing to its
+last step. This is continuous batching with no server around it: the limit for the long-decode
+workload.
 
 Output has the same shape as bench/client.py's.
 
@@ -32,14 +34,25 @@ from bench.common import (
     CAPTIONING,
     LONG_DECODE,
     answer_key,
+    answer_text,
     caption_batch,
     load,
     machine_busy_cpu_s,
     max_length,
     preprocess,
     read_inputs,
+    unpack_request,
     wait_for_quiet,
 )
+
+
+def prepare(task: Any, model: Any, data: bytes, length: int, workload: str) -> tuple[Any, int]:
+    """One request's bytes -> (the task's input, its decode length): captioning uploads decode
+    to `length`; a long-decode request body carries the series and its own max_length."""
+    if workload == LONG_DECODE:
+        series, horizon = unpack_request(data)
+        return preprocess(task, model, series, workload), horizon
+    return preprocess(task, model, data, workload), length
 
 
 def continuous(
@@ -50,7 +63,6 @@ def continuous(
 
     from mmserve.plugins.nn.decoding import DecodeParams, LengthBuckets, Sequence
 
-    params = DecodeParams(max_length=length)
     batch = LengthBuckets(model, "cpu")  # the engine's batching: one DecodingBatch per length bucket
     key = answer_key(workload)
     latencies: list[float] = []
@@ -62,10 +74,11 @@ def continuous(
         began = time.perf_counter()
         ids = list(range(next_i, next_i + n))
         next_i += n
-        inputs = [preprocess(task, model, pngs[i % len(pngs)], workload) for i in ids]
-        memory = model.encode(model.collate(inputs))
-        lengths = memory.mask.sum(dim=1).tolist()
-        batch.add(memory, model.init_state(memory), [Sequence(params, int(m), tag=(i, began)) for i, m in zip(ids, lengths)])
+        inputs, limits = zip(*(prepare(task, model, pngs[i % len(pngs)], length, workload) for i in ids))
+        memory = model.encode(model.collate(list(inputs)))
+        positions = memory.mask.sum(dim=1).tolist()
+        batch.add(memory, model.init_state(memory), [Sequence(DecodeParams(max_length=n), int(m), tag=(i, began))
+                                                     for i, n, m in zip(ids, limits, positions)])  # fmt: skip
 
     with torch.inference_mode():
         admit(min(rows, count))
@@ -73,7 +86,7 @@ def continuous(
             finished = batch.step().finished
             for seq, result in finished:
                 i, began = seq.tag
-                answers[i] = task.postprocess(result, model, False)[key]
+                answers[i] = answer_text(task.postprocess(result, model, False)[key])
                 latencies.append(time.perf_counter() - began)
             room = min(len(finished), start + count - next_i)
             if room > 0:
@@ -90,8 +103,11 @@ def run_level(
     def one_batch(start: int) -> tuple[float, list[str]]:
         began = time.perf_counter()
         data = [pngs[(start + j) % len(pngs)] for j in range(batch)]
-        captions = caption_batch(task, model, [preprocess(task, model, d, workload) for d in data], length, workload)
-        return time.perf_counter() - began, captions
+        inputs, limits = zip(*(prepare(task, model, d, length, workload) for d in data))
+        per_row = list(limits) if workload == LONG_DECODE else None  # long-decode: each row's own horizon
+        answers = caption_batch(task, model, list(inputs), length, workload, per_row)
+        elapsed = time.perf_counter() - began
+        return elapsed, [answer_text(a) for a in answers]  # kept for the same-answer check, not timed
 
     if mode == "continuous":
         continuous(task, model, pngs, batch, 0, max(2 * batch, 8), length, workload)  # warm-up
@@ -151,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=[CAPTIONING, LONG_DECODE], default=CAPTIONING)
     parser.add_argument("--mode", choices=["static", "continuous"], default="static")
     parser.add_argument("--threads", default="0,1", help="torch thread counts to try per level (0: torch's default)")
-    parser.add_argument("--inputs", required=True, help="directory of scene_*.png")
+    parser.add_argument("--inputs", required=True, help="directory of scene_*.png or request_*.json")
     parser.add_argument("--levels", default="1,8,32,64", help="batch sizes (the concurrency it stands for)")
     parser.add_argument("--requests", default="256", help="requests per level (one, or one per level)")
     parser.add_argument("--quiet-threshold", type=float, default=0.25, help="see bench.client.Quiet")

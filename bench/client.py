@@ -2,8 +2,9 @@
 
 Closed loop: `c` workers each send a request, wait for the whole answer, and send the next,
 until the level's bounded request count is spent. Request i carries input i mod N of the
-fixed input set, as a pre-built multipart body (`file`: image/png, or text/plain for long-decode), so the client spends as
-little CPU per request as it can (it shares the machine with the server).
+fixed input set, as a pre-built body (captioning: multipart `file`, image/png; long-decode: the
+JSON request body as written, series + its own `max_length`), so the client spends as little
+CPU per request as it can (it shares the machine with the server).
 
 HTTP: async httpx by default, each worker owning a one-connection keep-alive client (one
 shared pool of c connections costs O(c) of httpcore bookkeeping per request, which at c=64
@@ -33,7 +34,10 @@ from tqdm import tqdm
 
 from bench.common import (
     CONTENT_TYPE,
-    inputs_content_type,
+    JSON_TYPE,
+    LONG_DECODE,
+    answer_text,
+    inputs_workload,
     machine_busy_cpu_s,
     read_inputs,
     session_cpu_s,
@@ -42,6 +46,7 @@ from bench.common import (
 
 BOUNDARY = "mmserve-bench-7d3f2a"
 HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+JSON_HEADERS = {"content-type": JSON_TYPE}
 
 
 def multipart_body(data: bytes, content_type: str = CONTENT_TYPE) -> bytes:
@@ -53,16 +58,24 @@ def multipart_body(data: bytes, content_type: str = CONTENT_TYPE) -> bytes:
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+def request_body(data: bytes, workload: str) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of one request: a multipart upload of the PNG, or the long-decode JSON
+    request body as it is."""
+    if workload == LONG_DECODE:
+        return data, JSON_HEADERS
+    return multipart_body(data), HEADERS
+
+
 def parse_caption(body: bytes) -> str:
-    """The answer string from a JSON answer: `caption` (captioning), else `text` (echo); for
-    a streamed answer (LitServe's continuous batching loop), the last non-empty line holds it.
-    A no-op server's answer is a caption too."""
+    """The answer string from a JSON answer: `caption` (captioning), else `forecast` (a JSON
+    array string, see bench.common.answer_text); for a streamed answer (LitServe's continuous
+    batching loop), the last non-empty line holds it. A no-op server's answer is a caption too."""
     lines = [line for line in body.splitlines() if line.strip()]
     assert lines, "empty response body"
     payload = json.loads(lines[-1])
     if isinstance(payload, str):  # a streamed answer may be a JSON string holding the JSON object
         payload = json.loads(payload)
-    return payload["caption"] if "caption" in payload else payload["text"]
+    return payload["caption"] if "caption" in payload else answer_text(payload["forecast"])
 
 
 Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
@@ -80,7 +93,7 @@ class Quiet:
 
 
 async def open_transport(
-    http: str, url: str, concurrency: int, timeout_s: float
+    http: str, url: str, concurrency: int, timeout_s: float, headers: dict[str, str] = HEADERS
 ) -> tuple[list[Post], Callable[[], Awaitable[None]]]:
     """One `post(body) -> (status, content)` per worker, and a function closing them all."""
     if http == "aiohttp":
@@ -91,7 +104,7 @@ async def open_transport(
         )
 
         async def post_aiohttp(body: bytes) -> tuple[int, bytes]:
-            async with session.post(url, data=body, headers=HEADERS) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 return response.status, await response.read()
 
         return [post_aiohttp] * concurrency, session.close
@@ -101,7 +114,7 @@ async def open_transport(
 
     def bind(client: httpx.AsyncClient) -> Post:
         async def post_httpx(body: bytes) -> tuple[int, bytes]:
-            response = await client.post(url, content=body, headers=HEADERS)
+            response = await client.post(url, content=body, headers=headers)
             return response.status_code, response.content
 
         return post_httpx
@@ -123,6 +136,7 @@ async def run_level(
     timeout_s: float = 300.0,
     http: str = "httpx",
     quiet: Quiet | None = None,
+    headers: dict[str, str] = HEADERS,
 ) -> dict[str, Any]:
     quiet = quiet or Quiet()
     latencies: list[float] = []
@@ -161,7 +175,7 @@ async def run_level(
     def own_cpu_s() -> float:  # the server with everything it started, and this client
         return session_cpu_s(server_sid) + time.process_time()
 
-    clients, close = await open_transport(http, url, concurrency, timeout_s)
+    clients, close = await open_transport(http, url, concurrency, timeout_s, headers)
     attempts = 0
     try:
         # Warm-up: untimed, same concurrency, so connections exist and caches are hot.
@@ -207,9 +221,10 @@ async def run_level(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    kind = inputs_content_type(args.inputs)
-    bodies = [multipart_body(data, kind) for data in read_inputs(args.inputs)]
-    assert bodies, f"no scene_*.png or text_*.txt inputs in {args.inputs}"
+    workload = inputs_workload(args.inputs)
+    requests = [request_body(data, workload) for data in read_inputs(args.inputs)]
+    assert requests, f"no scene_*.png or request_*.json inputs in {args.inputs}"
+    bodies, headers = [body for body, _ in requests], requests[0][1]
     levels = [int(v) for v in args.levels.split(",")]
     counts = [int(v) for v in args.requests.split(",")]
     if len(counts) == 1:
@@ -220,7 +235,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         warmup = max(2 * concurrency, args.min_warmup)
         level = await run_level(
             args.url, bodies, concurrency, count, args.label, warmup, args.server_sid, args.timeout, args.http,
-            Quiet(args.quiet_threshold, args.quiet_wait_s, args.retries),
+            Quiet(args.quiet_threshold, args.quiet_wait_s, args.retries), headers,
         )
         results.append(level)
         level = results[-1]
@@ -235,7 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--inputs", required=True, help="directory of scene_*.png")
+    parser.add_argument("--inputs", required=True, help="directory of scene_*.png or request_*.json")
     parser.add_argument("--levels", default="1,8,32,64", help="concurrency levels")
     parser.add_argument("--requests", default="256", help="timed requests per level (one, or one per level)")
     parser.add_argument("--min-warmup", type=int, default=8, help="untimed requests before each level, at least")

@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.common import FORECAST_TOLERANCE
+
 MMSERVE = "mmserve"
 BARE = "bare model"
 MMSERVE_RAY = "mmserve-ray"
@@ -182,9 +184,24 @@ def replica_scaling(results: dict[str, Any]) -> list[tuple[str, int, float]]:
     ]
 
 
+def same_answer(answer: str, reference: str, tolerance: float = FORECAST_TOLERANCE) -> bool:
+    """Captions: equal strings. Forecasts (JSON arrays of numbers): the same number of values,
+    each within `tolerance` of the reference's (batched float rounding moves them by ~1e-5)."""
+    if answer == reference:
+        return True
+    if not (answer.startswith("[") and reference.startswith("[")):
+        return False
+    try:
+        a, b = json.loads(answer), json.loads(reference)
+    except json.JSONDecodeError:
+        return False
+    return len(a) == len(b) and all(abs(float(x) - float(y)) <= tolerance for x, y in zip(a, b))
+
+
 def caption_agreement(results: dict[str, Any]) -> dict[str, float]:
     """Per system, the share of inputs whose answer equals its workload's bare model's (same
-    work check): the captioning bare model, or the first bare loop of the long-decode workload."""
+    work check): the captioning bare model, or the first bare loop of the long-decode workload
+    (forecasts: see same_answer)."""
     reference: dict[str, dict[str, str]] = {}
     for s in results["systems"]:
         w = workload(s)
@@ -202,7 +219,7 @@ def caption_agreement(results: dict[str, Any]) -> dict[str, float]:
             for k, v in lv["captions"].items():
                 seen.setdefault(k, v)
         shared = [k for k in seen if k in ref]
-        out[s["name"]] = sum(seen[k] == ref[k] for k in shared) / len(shared) if shared else math.nan
+        out[s["name"]] = sum(same_answer(seen[k], ref[k]) for k in shared) / len(shared) if shared else math.nan
     return out
 
 
@@ -258,7 +275,7 @@ def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
         *_system_rows(results, stats, by_workload[CAPTIONING]),
     ]
     if by_workload[LONG_DECODE]:
-        lines += ["", "## Long-decode", "", f"Workload: {meta.get('long_decode', 'echo example')}; same client.", "",
+        lines += ["", "## Long-decode", "", f"Workload: {meta.get('long_decode', 'forecast example')}; same client.", "",
                   *header, *_system_rows(results, stats, by_workload[LONG_DECODE])]  # fmt: skip
     lines += [
         "",

@@ -4,9 +4,9 @@ For each system in turn: start its server as a subprocess (own session) on a fre
 127.0.0.1 port, wait until a real request succeeds, drive it with the client process at each
 of its concurrency levels, stop everything in that session. A bare-model loop runs in its own
 process, with nothing else of ours running. Two workloads (see bench/common.py): captioning
-(mmserve embedded and on Ray, the peers, no-op floors) and long-decode (the echo example with
-10-400 output steps). Then write bench/results/latest.md, latest.png and latest.json, and
-print the summary as the very last line.
+(mmserve embedded and on Ray, the peers, no-op floors) and long-decode (the forecasting example,
+each request with its own horizon of 10-400 steps). Then write bench/results/latest.md,
+latest.png and latest.json, and print the summary as the very last line.
 
 Environment:
   BENCH_QUICK=1          reduced run (fewer requests per level), under ~8 minutes
@@ -46,25 +46,26 @@ from typing import Any
 import httpx
 
 from bench import report
-from bench.client import HEADERS, multipart_body
+from bench.client import HEADERS, request_body
 from bench.common import (
     CAPTIONING,
     DEFAULT_WEIGHTS,
-    ECHO_ENDPOINT,
-    ECHO_SRC,
     ENDPOINT,
+    FORECAST_ENDPOINT,
+    FORECAST_SRC,
+    FORECAST_TOLERANCE,
     LONG_DECODE,
+    LONG_HISTORY,
     LONG_MAX,
     LONG_MIN,
     REPO,
-    content_type,
     free_port,
     long_decode_lengths,
     max_length,
     read_inputs,
     session_pids,
     write_inputs,
-    write_texts,
+    write_requests,
 )
 
 PY = sys.executable
@@ -74,7 +75,7 @@ LONG_LEVELS = {"full": (8, 32), "quick": (32,)}
 # Timed requests per level: (full, quick). c=1 is slow and its tail settles with fewer.
 REQUESTS = {"full": {1: 256, 8: 1024, 16: 1024, 32: 2048, 64: 2048},
             "quick": {1: 64, 8: 192, 16: 256, 32: 384, 64: 384}}  # fmt: skip
-# Long-decode requests are ~36 steps on average and up to 400: fewer of them per level.
+# Long-decode requests are ~36 forecast steps on average and up to 400: fewer of them per level.
 LONG_REQUESTS = {"full": {8: 256, 32: 512}, "quick": {8: 128, 32: 192}}
 RAY_LEVELS = (1, 16, 32)  # Ray and no-op systems: c=1 for the latency of each hop, 16 for W, 32 for X
 MAX_BATCH = 64  # every batching system may batch up to the highest concurrency
@@ -133,12 +134,12 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
             mm_env[key] = value
     knobs = ", ".join(f"{k.removeprefix('MMSERVE_TASKS__CAPTIONING__').lower()}={v}" for k, v in sorted(mm_env.items())
                       if k.startswith("MMSERVE_TASKS__") and not k.endswith("DEVICE"))  # fmt: skip
-    echo_env = {  # long-decode: the echo example as a plugin module, its engine knobs as captioning's
-        **{k.replace("__CAPTIONING__", "__ECHO__"): v for k, v in mm_env.items()},
-        "MMSERVE_DATA_DIR": str(data_dir.parent / "mmserve-echo-data"),
+    forecast_env = {  # long-decode: the forecast example as a plugin module, its engine knobs as captioning's
+        **{k.replace("__CAPTIONING__", "__FORECAST__"): v for k, v in mm_env.items()},
+        "MMSERVE_DATA_DIR": str(data_dir.parent / "mmserve-forecast-data"),
         "MMSERVE_PLUGINS": "none",
-        "MMSERVE_PLUGIN_MODULES": "mmserve_echo.plugin",
-        "MMSERVE_MAX_OUTPUT_LENGTH": str(max_length(LONG_DECODE)),
+        "MMSERVE_PLUGIN_MODULES": "mmserve_forecast.plugin",
+        "MMSERVE_MAX_OUTPUT_LENGTH": str(max_length(LONG_DECODE)),  # the server-wide cap (default 128)
     }
     threads = mm_env.get("MMSERVE_PREPROCESS_THREADS", f"{_setting_default('preprocess_threads')} (default)")
     torch_threads = mm_env.get("MMSERVE_TORCH_THREADS", f"{_setting_default('torch_threads')} (default)")
@@ -153,7 +154,7 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
     )
     bare = [PY, "-m", "bench.bare", "--weights", w]
     long = [f"--workload={LONG_DECODE}"]
-    steps = f"{LONG_MIN}-{LONG_MAX} output steps"
+    horizons = f"{LONG_HISTORY} observed values, each request its own horizon of {LONG_MIN}-{LONG_MAX} steps"
     return [
         System(
             report.BARE, [*bare, "--mode", "static"],
@@ -224,34 +225,39 @@ def systems(data_dir: Path, weights: Path) -> list[System]:
         System("no-op-fastapi", [PY, "-m", "bench.peers.noop_fastapi", "--port", "{port}"],
                "no model: plain FastAPI + uvicorn reading the body and answering at once (the HTTP floor)",
                role="floor", levels=(1, 16)),
-        # ----- long-decode: the echo example, 10-400 output steps, heavy-tailed ---------------------
+        # ----- long-decode: the forecast example, per-request horizons of 10-400 steps, heavy-tailed -----
         System(
             "long: bare static", [*bare, *long, "--mode", "static"],
-            f"no HTTP: fixed batches of c texts ({steps}), encode + greedy decode; a finished row waits for the "
-            "longest of its batch", workload=LONG_DECODE, bare=True,
-        ),
+            f"no HTTP: fixed batches of c series ({horizons}), preprocess + encode + greedy decode (each row stops "
+            "at its own horizon) + postprocess; every request of a batch waits for its longest row",
+            workload=LONG_DECODE, bare=True,
+        ),  # fmt: skip
         System(
             "long: bare continuous", [*bare, *long, "--mode", "continuous"],
-            "no HTTP: c rows in the engine's LengthBuckets of DecodingBatches; each step finished rows leave and new "
-            "texts are encoded and joined (the limit)", workload=LONG_DECODE, role="limit", bare=True,
-        ),
+            "no HTTP: c rows in the engine's LengthBuckets of DecodingBatches, each with its request's max_length; each "
+            "step finished rows leave and new series are encoded and joined (the limit)", workload=LONG_DECODE,
+            role="limit", bare=True,
+        ),  # fmt: skip
         System(
             "long: mmserve", mm_serve,
-            f"embedded backend, echo example as a plugin module, max_length {max_length(LONG_DECODE)}; engine "
-            + knobs.replace("captioning", "echo"), env=echo_env, workload=LONG_DECODE, role="mmserve",
-        ),
+            "embedded backend, forecast example as a plugin module, JSON body with the request's max_length "
+            f"(server cap {max_length(LONG_DECODE)}); engine " + knobs.replace("captioning", "forecast"),
+            env=forecast_env, workload=LONG_DECODE, role="mmserve",
+        ),  # fmt: skip
         System(
             "long: litserve-batched",
             [PY, "-m", "bench.peers.litserve_batched", "--port", "{port}", "--weights", w, *long,
              "--max-batch-size", str(MAX_BATCH), "--batch-timeout", str(BATCH_WAIT_S), "--fast-queue"],
-            f"LitServe batched loop as above (max_batch_size={MAX_BATCH}, batch_timeout={wait_ms:g} ms), echo model",
+            f"LitServe batched loop as above (max_batch_size={MAX_BATCH}, batch_timeout={wait_ms:g} ms), forecast "
+            "model: a static batch, each row stopping at its own horizon, answers sent when the longest ends",
             env=ONE_THREAD, workload=LONG_DECODE,
         ),
         System(
             "long: litserve-cb",
             [PY, "-m", "bench.peers.litserve_cb", "--port", "{port}", "--weights", w, *long,
              "--max-active", str(MAX_BATCH), "--fast-queue"],
-            f"LitServe ContinuousBatchingLoop as above (up to {MAX_BATCH} active rows), echo model",
+            f"LitServe ContinuousBatchingLoop as above (up to {MAX_BATCH} active rows), forecast model: a row leaves "
+            "at its own horizon, a value line per row per step",
             env=ONE_THREAD, workload=LONG_DECODE,
         ),
     ]  # fmt: skip
@@ -311,7 +317,7 @@ def register_weights(data_dir: Path, weights: Path) -> None:
 
 def start(system: System, port: int, log_path: Path) -> subprocess.Popen:
     argv = [a.replace("{port}", str(port)) for a in system.argv]
-    path = os.pathsep.join([str(REPO), str(ECHO_SRC)] if system.workload == LONG_DECODE else [str(REPO)])
+    path = os.pathsep.join([str(REPO), str(FORECAST_SRC)] if system.workload == LONG_DECODE else [str(REPO)])
     env = {**os.environ, **system.env, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
@@ -319,15 +325,17 @@ def start(system: System, port: int, log_path: Path) -> subprocess.Popen:
     )
 
 
-def wait_ready(proc: subprocess.Popen, url: str, body: bytes, timeout_s: float) -> None:
-    """Ready = a real captioning request answers 200 with a caption."""
+def wait_ready(
+    proc: subprocess.Popen, url: str, body: bytes, timeout_s: float, headers: dict[str, str] = HEADERS
+) -> None:
+    """Ready = a real request (the workload's first input) answers 200."""
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
         try:
-            response = httpx.post(url, content=body, headers=HEADERS, timeout=30)
+            response = httpx.post(url, content=body, headers=headers, timeout=30)
             if response.status_code == 200:
                 return
             last = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -358,7 +366,7 @@ def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 
 def run_subprocess(argv: list[str], timeout_s: float) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(ECHO_SRC)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(FORECAST_SRC)])}
     subprocess.run(argv, cwd=REPO, env=env, check=True, timeout=timeout_s)
 
 
@@ -408,10 +416,10 @@ def main() -> int:
         tmp_dir = Path(tmp)
         source_weights = weights
         weights = Path(shutil.copytree(weights, tmp_dir / "weights"))  # one snapshot for every system
-        inputs = {CAPTIONING: tmp_dir / "inputs", LONG_DECODE: tmp_dir / "texts"}
+        inputs = {CAPTIONING: tmp_dir / "inputs", LONG_DECODE: tmp_dir / "requests"}
         write_inputs(inputs[CAPTIONING], INPUT_COUNT)
-        write_texts(inputs[LONG_DECODE], INPUT_COUNT)
-        first_body = {w: multipart_body(read_inputs(d)[0], content_type(w)) for w, d in inputs.items()}
+        write_requests(inputs[LONG_DECODE], INPUT_COUNT)
+        first_request = {w: request_body(read_inputs(d)[0], w) for w, d in inputs.items()}
         steps = long_decode_lengths(INPUT_COUNT)
         results: dict[str, Any] = {
             "meta": {
@@ -432,9 +440,12 @@ def main() -> int:
                 + " (long-decode "
                 + ", ".join(f"c={c}: {n}" for c, n in per_level[LONG_DECODE].items())
                 + "), after an untimed warm-up of max(2c, 8) requests at the same concurrency",
-                "long_decode": f"echo example (examples/mmserve-echo), {INPUT_COUNT} texts of {min(steps)}-{max(steps)} "
-                f"characters = output steps (truncated Pareto, alpha 1.2: median {sorted(steps)[len(steps) // 2]}, "
-                f"mean {sum(steps) / len(steps):.1f}), max_length {max_length(LONG_DECODE)}",
+                "long_decode": f"forecast example (examples/mmserve-forecast, its bundled weights: BiGRU encoder, "
+                f"attention GRU decoder, Gaussian head), {INPUT_COUNT} synthetic series of {LONG_HISTORY} values, each "
+                f"request a JSON body with its own horizon max_length of {min(steps)}-{max(steps)} steps (truncated "
+                f"Pareto, alpha 1.2: median {sorted(steps)[len(steps) // 2]}, mean {sum(steps) / len(steps):.1f}); "
+                f"greedy (the mean path); an answer equals the bare model's when it has the same length and every "
+                f"value is within {FORECAST_TOLERANCE:g}",
                 "machine": machine() + " " + versions() + ".",
                 "other_load": busy,
             },
@@ -472,14 +483,15 @@ def main() -> int:
                 register_weights(tmp_dir / "mmserve-data", weights)
                 registered = True
             port = free_port()
-            path = ECHO_ENDPOINT + f"?max_length={max_length(LONG_DECODE)}" if system.workload == LONG_DECODE else ENDPOINT
+            path = FORECAST_ENDPOINT if system.workload == LONG_DECODE else ENDPOINT  # the body has max_length
             url = f"http://127.0.0.1:{port}{path}"
             server_log = tmp_dir / f"{out.stem}.log"
             log(f"starting {system.name} on port {port}")
             began = time.monotonic()
             proc = start(system, port, server_log)
             try:
-                wait_ready(proc, url, first_body[system.workload], system.start_timeout_s)
+                body, headers = first_request[system.workload]
+                wait_ready(proc, url, body, system.start_timeout_s, headers)
                 log(f"{system.name} ready after {time.monotonic() - began:.1f} s")
                 run_subprocess([PY, "-m", "bench.client", "--url", url, "--inputs", str(inputs[system.workload]),
                                 "--levels", level_arg, "--requests", count_arg, "--label", system.name,

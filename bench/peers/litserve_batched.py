@@ -4,6 +4,11 @@ LitServe runs the HTTP server and the model in separate processes: the API serve
 the multipart form and queues it; the inference worker decodes each request (`decode_request`
 = the task's preprocess), stacks up to B of them within T seconds (`batch`), runs one
 static batch (encode + greedy decode, `predict`), and unbatches the captions.
+
+Long-decode (`--workload long-decode`): the body is the forecast request's JSON (LitServe hands
+`decode_request` the parsed object): the series is preprocessed and its `max_length` rides
+along, so each row of the static batch stops at its own horizon, and the batch's answers go
+out when its longest row ends.
 """
 
 import argparse
@@ -13,20 +18,21 @@ from fastapi import Request
 
 from bench.common import (
     CAPTIONING,
-    ECHO_ENDPOINT,
     ENDPOINT,
+    FORECAST_ENDPOINT,
     LONG_DECODE,
     answer_key,
     caption_batch,
     load,
     max_length,
     preprocess,
+    unpack_request,
 )
 
 
 class CaptionAPI(ls.LitAPI):
     def __init__(self, weights: str, workload: str = CAPTIONING, **kwargs):
-        super().__init__(api_path=ECHO_ENDPOINT if workload == LONG_DECODE else ENDPOINT, **kwargs)
+        super().__init__(api_path=FORECAST_ENDPOINT if workload == LONG_DECODE else ENDPOINT, **kwargs)
         self.weights, self.workload = weights, workload
 
     def setup(self, device: str) -> None:
@@ -34,17 +40,24 @@ class CaptionAPI(ls.LitAPI):
         self.length = max_length(self.workload)
 
     def decode_request(self, request: Request):
+        if self.workload == LONG_DECODE:  # the parsed JSON body: (series, its own horizon)
+            series, horizon = unpack_request(request)
+            return preprocess(self.task, self.model, series, self.workload), horizon
         upload = request["file"]
         data = upload.file.read() if hasattr(upload, "file") else upload
         return preprocess(self.task, self.model, data, self.workload)
 
     def batch(self, inputs):
-        return inputs  # a list of tensors; `caption_batch` stacks them
+        return inputs  # a list of tensors (long-decode: of (tensor, horizon)); `caption_batch` stacks them
 
     def predict(self, inputs):
-        if not isinstance(inputs, list):  # max_batch_size == 1 hands a single input
-            return caption_batch(self.task, self.model, [inputs], self.length, self.workload)[0]
-        return caption_batch(self.task, self.model, inputs, self.length, self.workload)
+        single = not isinstance(inputs, list)  # max_batch_size == 1 hands a single input
+        inputs = [inputs] if single else inputs
+        lengths = None
+        if self.workload == LONG_DECODE:
+            inputs, lengths = [x for x, _ in inputs], [n for _, n in inputs]
+        answers = caption_batch(self.task, self.model, inputs, self.length, self.workload, lengths)
+        return answers[0] if single else answers
 
     def unbatch(self, output):
         return list(output)

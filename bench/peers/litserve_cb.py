@@ -12,6 +12,11 @@ every active row emits a small `{"token": ...}` line each step (LitServe's inten
 token-streaming use). `--emit final` sends only the caption instead (fewer messages, but the
 loop then sleeps on every step where no sequence finishes); `make bench` uses the faster one.
 The client reads the caption from the last line of the streamed body.
+
+Long-decode (`--workload long-decode`): a request is the forecast JSON body (series + its own
+`max_length`); each row leaves at its own horizon. The Gaussian head's greedy choice is its
+mean (`head.choose` at temperature 0, which also gives the step's log-probability for the
+answer's score), and each step streams one `{"token": value}` line per row.
 """
 
 import argparse
@@ -23,14 +28,25 @@ from fastapi import Request
 from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop, Output
 from litserve.utils import LitAPIStatus
 
-from bench.common import CAPTIONING, ECHO_ENDPOINT, ENDPOINT, LONG_DECODE, answer_key, load, max_length, preprocess
+from bench.common import (
+    CAPTIONING,
+    ENDPOINT,
+    FORECAST_ENDPOINT,
+    LONG_DECODE,
+    answer_key,
+    load,
+    max_length,
+    preprocess,
+    unpack_request,
+)
 from mmserve.plugins.nn.contract import Memory, concat_states, select_state
+from mmserve.plugins.nn.heads import CategoricalHead, Sampling
 from mmserve.plugins.nn.search import DecodeResult
 
 
 class CaptionCBAPI(ls.LitAPI):
     def __init__(self, weights: str, max_active: int, emit_tokens: bool, workload: str = CAPTIONING):
-        path = ECHO_ENDPOINT if workload == LONG_DECODE else ENDPOINT
+        path = FORECAST_ENDPOINT if workload == LONG_DECODE else ENDPOINT
         super().__init__(api_path=path, stream=True, max_batch_size=max_active, loop=ContinuousBatchingLoop())
         self.weights, self.max_active, self.emit_tokens, self.workload = weights, max_active, emit_tokens, workload
 
@@ -38,22 +54,30 @@ class CaptionCBAPI(ls.LitAPI):
         self.task, self.model = load(self.weights, self.workload)
         self.length = max_length(self.workload)
         self.key = answer_key(self.workload)
+        self.head = self.model.head
         self.lock = threading.Lock()  # add_request (event loop thread) vs step (worker thread)
-        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.pending: list[tuple[str, torch.Tensor, int]] = []  # (uid, input, its max_length)
         self.uids: list[str] = []
-        self.tokens: list[list[int]] = []
+        self.tokens: list[list] = []
+        self.limits: list[int] = []
+        self.scores: list[float] = []
         self.memory = self.state = self.prev = None
 
     def decode_request(self, request: Request):
+        if self.workload == LONG_DECODE:
+            return request  # the parsed JSON body; add_request unpacks it
         upload = request["file"]
         return upload.file.read() if hasattr(upload, "file") else upload
 
     # ----- hooks the ContinuousBatchingLoop calls ------------------------------------------
 
     def add_request(self, uid: str, request) -> None:
-        inputs = preprocess(self.task, self.model, self.decode_request(request), self.workload)
+        data, limit = self.decode_request(request), self.length
+        if self.workload == LONG_DECODE:
+            data, limit = unpack_request(data)
+        inputs = preprocess(self.task, self.model, data, self.workload)
         with self.lock:
-            self.pending.append((uid, inputs))
+            self.pending.append((uid, inputs, limit))
 
     def has_capacity(self) -> bool:
         return len(self.uids) + len(self.pending) < self.max_active
@@ -69,22 +93,32 @@ class CaptionCBAPI(ls.LitAPI):
             self._join(new)
         if not self.uids:
             return []
-        logits, self.state, _ = self.model.step(self.prev, self.state, self.memory)
-        chosen = logits.argmax(dim=-1)
+        output, self.state, _ = self.model.step(self.prev, self.state, self.memory)
+        if isinstance(self.head, CategoricalHead):  # captioning: argmax, ends at <eos>
+            chosen = output.argmax(dim=-1)
+            items = chosen.tolist()
+            ended = [token == self.head.eos_id for token in items]
+            log_probs = [0.0] * len(items)  # the caption's answer has no score
+        else:  # forecast: the mean (temperature 0) and its log-probability; no end, only the horizon
+            chosen, log_prob = self.head.choose(output, Sampling.greedy(len(self.uids), output.device))
+            items = [self.head.item(row) for row in self.head.to_host(chosen).numpy()]
+            ended = self.head.ends(chosen).tolist()
+            log_probs = log_prob.tolist()
         outputs: list[Output] = []
         keep: list[int] = []
-        eos = self.model.eos_id
-        for i, token in enumerate(chosen.tolist()):
+        for i, item in enumerate(items):
             uid, tokens = self.uids[i], self.tokens[i]
-            if token != eos:
-                tokens.append(token)
-            if token == eos or len(tokens) >= self.length:
-                answer = self.task.postprocess(DecodeResult(tokens, 0.0), self.model, False)[self.key]
+            if not ended[i]:
+                tokens.append(item)
+                self.scores[i] += log_probs[i]
+            if ended[i] or len(tokens) >= self.limits[i]:
+                result = DecodeResult(tokens, self.scores[i], finished=bool(ended[i]))
+                answer = self.task.postprocess(result, self.model, False)[self.key]
                 outputs.append(Output(uid, {self.key: answer}, LitAPIStatus.OK))
                 outputs.append(Output(uid, "", LitAPIStatus.FINISH_STREAMING))
                 continue
             if self.emit_tokens:
-                outputs.append(Output(uid, {"token": self.task.token_text(token, self.model)}, LitAPIStatus.OK))
+                outputs.append(Output(uid, {"token": self.task.token_text(item, self.model)}, LitAPIStatus.OK))
             keep.append(i)
         self._keep(keep, chosen)
         return outputs
@@ -94,17 +128,19 @@ class CaptionCBAPI(ls.LitAPI):
 
     # ----- batch bookkeeping ------------------------------------------------------------
 
-    def _join(self, new: list[tuple[str, torch.Tensor]]) -> None:
-        memory = self.model.encode(self.model.collate([x for _, x in new]))
+    def _join(self, new: list[tuple[str, torch.Tensor, int]]) -> None:
+        memory = self.model.encode(self.model.collate([x for _, x, _ in new]))
         state = self.model.init_state(memory)
-        prev = torch.full((len(new),), self.model.bos_id, dtype=torch.long)
+        prev = self.head.start(len(new), memory.values.device)  # <bos> ids, or zeros for a Gaussian head
         if self.uids:
             memory = Memory.concat([self.memory, memory])
             state = concat_states([self.state, state])
             prev = torch.cat([self.prev, prev])
         self.memory, self.state, self.prev = memory, state, prev
-        self.uids += [uid for uid, _ in new]
+        self.uids += [uid for uid, _, _ in new]
         self.tokens += [[] for _ in new]
+        self.limits += [limit for _, _, limit in new]
+        self.scores += [0.0 for _ in new]
 
     def _keep(self, keep: list[int], chosen: torch.Tensor) -> None:
         if len(keep) == len(self.uids):
@@ -112,6 +148,8 @@ class CaptionCBAPI(ls.LitAPI):
             return
         self.uids = [self.uids[i] for i in keep]
         self.tokens = [self.tokens[i] for i in keep]
+        self.limits = [self.limits[i] for i in keep]
+        self.scores = [self.scores[i] for i in keep]
         if not keep:
             self.memory = self.state = self.prev = None
             return

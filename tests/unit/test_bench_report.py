@@ -5,6 +5,7 @@ Fast and server-free: results are synthetic, shaped like bench/client.py's outpu
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench import report
-from bench.client import multipart_body, parse_caption
+from bench.client import JSON_HEADERS, multipart_body, parse_caption, request_body
 
 SUMMARY = re.compile(
     r"^summary: ratio best-peer (\d+\.\d{2}|nan) at c=32; ratio bare (\d+\.\d{2}|nan); "
@@ -232,9 +233,13 @@ def test_client_body_and_caption_parsing():
     assert parse_caption(b'{"caption": "a red one", "score": -1.0}') == "a red one"
     streamed = b'{"token": "a"}\n{"token": "red"}\n{"caption": "a red one"}\n'
     assert parse_caption(streamed) == "a red one"
-    assert parse_caption(b'{"text": "ECHO", "score": 0.0, "finished": true}') == "ECHO"  # long-decode
-    text_body = multipart_body(b"echo", "text/plain")
-    assert b"Content-Type: text/plain" in text_body and b'filename="input.txt"' in text_body
+    # long-decode: a forecast is kept as its JSON array (6 decimals), streamed or not
+    forecast = b'{"forecast": [1.25, -0.1234567], "score": -3.2, "horizon": 2}'
+    assert parse_caption(forecast) == "[1.25, -0.123457]"
+    assert parse_caption(b'{"token": 1.25}\n{"token": -0.1234567}\n' + forecast) == "[1.25, -0.123457]"
+    assert request_body(b'{"data": "WzFd"}', report.LONG_DECODE) == (b'{"data": "WzFd"}', JSON_HEADERS)
+    body, headers = request_body(b"\x89PNG", report.CAPTIONING)
+    assert b"image/png" in body and headers["content-type"].startswith("multipart/form-data")
 
 
 def test_long_decode_lengths_are_heavy_tailed_and_bounded():
@@ -248,11 +253,54 @@ def test_long_decode_lengths_are_heavy_tailed_and_bounded():
     assert long_decode_lengths(64) == lengths  # the same set for every system
 
 
-def test_long_decode_texts_have_the_drawn_lengths(tmp_path):
-    from bench.common import inputs_content_type, long_decode_lengths, read_inputs, write_texts
+def test_long_decode_requests_carry_their_series_and_drawn_horizons(tmp_path):
+    from bench.common import (
+        LONG_HISTORY,
+        inputs_workload,
+        long_decode_lengths,
+        read_inputs,
+        unpack_request,
+        write_requests,
+    )
 
-    write_texts(tmp_path, 16)
-    texts = read_inputs(tmp_path)
-    assert [len(t) for t in texts] == long_decode_lengths(16)
-    assert all(t.decode().strip() == t.decode() for t in texts)
-    assert inputs_content_type(tmp_path) == "text/plain"
+    write_requests(tmp_path, 16)
+    bodies = read_inputs(tmp_path)
+    unpacked = [unpack_request(b) for b in bodies]
+    assert [horizon for _, horizon in unpacked] == long_decode_lengths(16)
+    series = [json.loads(data) for data, _ in unpacked]
+    assert all(len(s) == LONG_HISTORY and all(isinstance(v, float) for v in s) for s in series)
+    assert len({tuple(s) for s in series}) == 16  # 16 different series
+    assert json.loads(bodies[0])["content_type"] == "application/json"
+    assert unpack_request(json.loads(bodies[0])) == unpacked[0]  # LitServe hands the parsed body
+    assert inputs_workload(tmp_path) == report.LONG_DECODE and read_inputs(tmp_path) == bodies
+
+
+def test_forecast_answers_agree_within_the_tolerance_and_length():
+    assert report.same_answer("[1.0, 2.0]", "[1.0, 2.0]") and report.same_answer("a red one", "a red one")
+    assert report.same_answer("[1.0, 2.0004]", "[1.0, 2.0]")  # float rounding of batched matmuls
+    assert not report.same_answer("[1.0, 2.01]", "[1.0, 2.0]")
+    assert not report.same_answer("[1.0]", "[1.0, 2.0]")  # stopped at the wrong horizon
+    assert not report.same_answer("[1.0, 2.0]", "a red one") and not report.same_answer("[1.0,", "[1.0]")
+    results = {"systems": [
+        {"name": "long: bare static", "kind": "bare", "workload": report.LONG_DECODE,
+         "levels": [{"captions": {"0": "[1.0, 2.0]", "1": "[3.0]"}}]},
+        {"name": "long: mmserve", "kind": "server", "workload": report.LONG_DECODE,
+         "levels": [{"captions": {"0": "[1.0000004, 2.0]", "1": "[3.5]"}}]},
+    ]}  # fmt: skip
+    assert report.caption_agreement(results)["long: mmserve"] == 0.5
+
+
+def test_static_batch_stops_each_forecast_at_its_own_horizon(tmp_path):
+    from bench.bare import prepare
+    from bench.common import LONG_DECODE, answer_text, caption_batch, load, max_length, read_inputs, write_requests
+
+    write_requests(tmp_path, 4)
+    task, model = load("", LONG_DECODE)
+    prepared = [prepare(task, model, body, max_length(LONG_DECODE), LONG_DECODE) for body in read_inputs(tmp_path)]
+    inputs, horizons = [x for x, _ in prepared], [n for _, n in prepared]
+    assert len(set(horizons)) > 1, f"the test needs different horizons, got {horizons}"
+    together = caption_batch(task, model, inputs, max_length(LONG_DECODE), LONG_DECODE, horizons)
+    assert [len(f) for f in together] == horizons
+    for x, n, forecast in zip(inputs, horizons, together):  # alone, decoded to its own horizon
+        alone = caption_batch(task, model, [x], max_length(LONG_DECODE), LONG_DECODE, [n])[0]
+        assert report.same_answer(answer_text(forecast), answer_text(alone))
