@@ -214,14 +214,22 @@ def _sample_actor(label_sample: int, region: tuple[float, float, float, float], 
                  float(rng.uniform(*ACTOR_INTENSITY)), start, region)  # fmt: skip
 
 
-def sample_clip(split: str, index: int, seed: int = 0, epoch: int = 0) -> ClipSpec:
-    """The clip `index` of `split`: a pure function of its arguments."""
+def sample_clip(split: str, index: int, seed: int = 0, epoch: int = 0, num_actions: int | None = None) -> ClipSpec:
+    """The clip `index` of `split`: a pure function of its arguments.
+
+    `num_actions` (single-label clips): one named digit performing exactly that many actions.
+    """
     rng = clip_rng(split, index, seed, epoch)
     pool = split_samples(split)
     labels = digit_bank()[1]
     height, width = FRAME_SIZE
     num_actors = 1 if rng.random() < 0.5 else 2
-    num_actions = int(rng.integers(num_actors, MAX_ACTIONS + 1))
+    drawn_actions = int(rng.integers(num_actors, MAX_ACTIONS + 1))
+    if num_actions is None:
+        num_actions = drawn_actions
+    else:  # drawn all the same, so the default clips stay what they were
+        assert 1 <= num_actions <= MAX_ACTIONS, f"num_actions must be 1..{MAX_ACTIONS}, got {num_actions}"
+        num_actors = 1
     if num_actors == 1:
         regions = [(9.0, width - 9.0, 9.0, height - 9.0)]
     else:  # left and right halves, so the two named digits never cross

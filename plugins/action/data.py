@@ -29,6 +29,21 @@ def action_vocabulary() -> Vocabulary:
     return Vocabulary(words)
 
 
+ACTION_LABELS = tuple(a.replace(" ", "_") for a in ACTIONS)  # "moves left" -> one token "moves_left"
+
+
+def action_label_vocabulary() -> Vocabulary:
+    """Single-label mode (UCF-101 style): one token per action class, as `ucf.label_vocabulary`."""
+    from mmserve.plugins.action.ucf import label_vocabulary
+
+    return label_vocabulary(list(ACTION_LABELS))
+
+
+def label_of(spec: ClipSpec) -> str:
+    """The class token of a single-label clip: its (first) action."""
+    return ACTION_LABELS[ACTIONS.index(spec.actions[0].action)]
+
+
 def parse_actions(words: Sequence[str]) -> list[tuple[str, str]]:
     """[(subject, action)] of a caption's words: "seven moves left then ..." -> [("seven", "moves left"), ...].
 
@@ -79,9 +94,10 @@ class ActionClips(Dataset):
     """
 
     def __init__(self, split: str, count: int, vocab: Vocabulary, seed: int = 0, size: tuple[int, int] | None = None,
-                 pool: int = 0):  # fmt: skip
+                 pool: int = 0, mode: str = "sequence"):  # fmt: skip
         assert pool >= 0, f"pool must be >= 0, got {pool}"
-        self.split, self.count, self.vocab, self.seed, self.pool = split, count, vocab, seed, pool
+        assert mode in ("sequence", "label"), f"mode must be sequence or label, got {mode!r}"
+        self.split, self.count, self.vocab, self.seed, self.pool, self.mode = split, count, vocab, seed, pool, mode
         self.size = tuple(size) if size else None
         self.epoch = 0
         self._cache: dict[tuple[int, int], torch.Tensor] = {}  # (epoch seed, index) -> uint8 [T, 1, H, W]
@@ -94,7 +110,10 @@ class ActionClips(Dataset):
         return self.count
 
     def spec(self, index: int) -> ClipSpec:
-        return sample_clip(self.split, index, self.seed, self.epoch)
+        return sample_clip(self.split, index, self.seed, self.epoch, num_actions=1 if self.mode == "label" else None)
+
+    def caption(self, spec: ClipSpec) -> str:
+        return label_of(spec) if self.mode == "label" else spec.caption
 
     def _render(self, spec: ClipSpec) -> torch.Tensor:
         return render_clip(spec, self.size) if self.size else render_clip(spec)
@@ -112,7 +131,7 @@ class ActionClips(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         spec = self.spec(index)
-        ids = torch.tensor(self.vocab.encode(spec.caption), dtype=torch.long)
+        ids = torch.tensor(self.vocab.encode(self.caption(spec)), dtype=torch.long)
         return self._frames(index, spec), ids, spec.spans
 
 

@@ -15,9 +15,9 @@ from tqdm import tqdm
 
 from mmserve.plugins.action.checkpoint import load_recognizer
 from mmserve.plugins.action.clips import ClipSpec, sample_clip
-from mmserve.plugins.action.data import ActionClips, collate_clips
+from mmserve.plugins.action.data import ActionClips, collate_clips, label_of
 from mmserve.plugins.action.model import ActionRecognizer
-from mmserve.plugins.action.spans import find_actions, span_iou
+from mmserve.plugins.action.spans import attention_span, find_actions, span_iou
 from mmserve.plugins.nn.search import greedy_decode
 from mmserve.plugins.tracking import RunLogger
 
@@ -74,7 +74,8 @@ def score_predictions(
 def predict(
     model: ActionRecognizer, dataset: ActionClips, batch_size: int = 100, progress: bool = False
 ) -> list[list[tuple[str, str, tuple[int, int]]]]:
-    """Greedy (subject, action, span) lists for every clip of `dataset`."""
+    """Greedy (subject, action, span) lists for every clip of `dataset` (label mode: one
+    ("", class token, span) per clip, the span from the class token's attention)."""
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -85,6 +86,10 @@ def predict(
         for clip, result in zip(clips, greedy_decode(model, model.encode(batch.to(device)), MAX_LENGTH)):
             words = [model.vocab.itos[t] for t in result.tokens]
             attention = model.frame_attention(result.attention, clip.shape[0]) if result.tokens else None
+            if model.config.mode == "label":
+                span = attention_span(attention[0]) if attention is not None else (0, -1)
+                out.append([("", words[0], span)] if words else [])
+                continue
             out.append([(f.subject, f.action, f.span) for f in find_actions(words, attention)])
     return out
 
@@ -96,13 +101,31 @@ def most_frequent_sequence(train_clips: int = 6000, seed: int = 0) -> list[tuple
     return [(words[i], f"{words[i + 1]} {words[i + 2]}") for i in range(0, len(words), 4)]
 
 
+def score_labels(specs: Sequence[ClipSpec], predictions: Sequence[list[tuple[str, str, tuple[int, int]]]]) -> dict[str, float]:
+    """Single-label mode: label accuracy, and localisation of the one action from the label's attention."""
+    assert len(specs) == len(predictions), f"{len(specs)} clips vs {len(predictions)} predictions"
+    right, hits, ious = 0, 0, []
+    for spec, predicted in zip(specs, predictions):
+        guess = predicted[0] if predicted else None
+        span = spec.spans[0]
+        iou = span_iou(span, guess[2]) if guess is not None and guess[2][1] >= guess[2][0] else 0.0
+        right += guess is not None and guess[1] == label_of(spec)
+        hits += iou >= 0.5
+        ious.append(iou)
+    count = max(len(specs), 1)
+    return {"label_accuracy": right / count, "localisation_iou50": hits / count, "mean_iou": sum(ious) / count,
+            "clips": float(len(specs)), "actions": float(len(specs))}  # fmt: skip
+
+
 def evaluate_model(
     model: ActionRecognizer, clips: int = TEST_CLIPS, progress: bool = True, split: str = "test", seed: int = TEST_SEED
 ) -> tuple[dict[str, float], list[list[tuple[str, str, tuple[int, int]]]], list[ClipSpec]]:
-    dataset = ActionClips(split, clips, model.vocab, seed=seed, size=model.frame_size)
+    mode = model.config.mode
+    dataset = ActionClips(split, clips, model.vocab, seed=seed, size=model.frame_size, mode=mode)
     predictions = predict(model, dataset, progress=progress)
     specs = [dataset.spec(i) for i in range(len(dataset))]
-    return score_predictions(specs, predictions), predictions, specs
+    score = score_labels if mode == "label" else score_predictions
+    return score(specs, predictions), predictions, specs
 
 
 def evaluate_test_split(
@@ -112,6 +135,14 @@ def evaluate_test_split(
     """The model's test-split metrics, the most-frequent-sequence baseline's and, when
     `baseline_dir` holds one, the no-temporal-encoder model's (prefixed `baseline_*_`)."""
     metrics, predictions, specs = evaluate_model(model, clips, progress)
+    if model.config.mode == "label":
+        counts = Counter(label_of(sample_clip("train", i, 0, num_actions=1)) for i in range(6000))
+        common = counts.most_common(1)[0][0]
+        blind = [[("", common, (0, spec.num_frames - 1))] for spec in specs]
+        metrics.update({f"baseline_most_frequent_{k}": v for k, v in score_labels(specs, blind).items()
+                        if k not in ("clips", "actions")})  # fmt: skip
+        logger.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        return metrics
     # The blind baseline knows no timing: its span for every action is the whole clip.
     blind = most_frequent_sequence()
     blind_predictions = [[(s, a, (0, spec.num_frames - 1)) for s, a in blind] for spec in specs]

@@ -5,13 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmserve.plugins.action.checkpoint import load_recognizer
 from mmserve.plugins.action.model import ActionRecognizer
-from mmserve.plugins.action.preprocess import CONTENT_TYPES, decode_clip
-from mmserve.plugins.action.spans import find_actions
+from mmserve.plugins.action.preprocess import (
+    CONTENT_TYPES,
+    FRAMES_CONTENT_TYPE,
+    decode_clip,
+    decode_frames,
+    frames_to_bytes,
+)
+from mmserve.plugins.action.spans import attention_span, find_actions
 from mmserve.plugins.nn.contract import EncoderDecoder
 from mmserve.plugins.nn.search import DecodeResult
 from mmserve.plugins.task import InputLimits, Prepared, Task, TensorSpec, TrainOptions, TrainResult
@@ -33,7 +40,8 @@ class ActionTask(Task):
     name = "action"
     description = "Name the actions in a video clip, in order, with their time spans (frame CNN + BiGRU + attention LSTM)."
     content_types = CONTENT_TYPES
-    v2_inputs = (TensorSpec("VIDEO", "BYTES", (1,)),)
+    # VIDEO: the file's bytes; FRAMES: decoded frames uint8 [T, H, W, 3] per clip ([N, T, H, W, 3])
+    v2_inputs = (TensorSpec("VIDEO", "BYTES", (1,)), TensorSpec("FRAMES", "UINT8", (-1, -1, -1, 3)))
     v2_outputs = (TensorSpec("CAPTION", "BYTES", (1,)), TensorSpec("ACTIONS", "BYTES", (1,)))
     default_max_length = 16
     request_options = SamplingOptions
@@ -50,6 +58,9 @@ class ActionTask(Task):
     ) -> Any:
         assert isinstance(model, ActionRecognizer), f"action needs an ActionRecognizer, got {type(model).__name__}"
         params = options.model_dump(exclude_none=True) if options is not None else None
+        if content_type == FRAMES_CONTENT_TYPE:
+            clip, times = decode_frames(data, model, limits, params)
+            return Prepared(clip, times)
         clip, info = decode_clip(data, content_type, model, limits, params)
         return Prepared(clip, info.sampled_times_s)  # the frame times turn attention spans into seconds
 
@@ -63,6 +74,12 @@ class ActionTask(Task):
     ) -> dict[str, Any]:
         assert isinstance(model, ActionRecognizer), f"action needs an ActionRecognizer, got {type(model).__name__}"
         return describe(result, model, include_attention, frame_times=context)
+
+    def v2_input(self, name: str, value: np.ndarray) -> tuple[bytes, str | None]:
+        """FRAMES: one clip's uint8 [T, H, W, 3] -> the raw-frames bytes preprocess takes."""
+        if name != "FRAMES":
+            return super().v2_input(name, value)
+        return frames_to_bytes(value), FRAMES_CONTENT_TYPE
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
         import json
@@ -100,12 +117,20 @@ def describe(
     # Per-token probabilities are not in DecodeResult yet; each action carries the sequence's
     # mean per-token probability until they are.
     mean_prob = float(torch.tensor(result.score / max(len(result.tokens) + 1, 1)).exp())
+    label_mode = model.config.mode == "label"
+    if label_mode:  # one class token ("moves_left"): the clip's action, no subject
+        words = words[:1]
+        located = attention is not None and not model.pooled and bool(words)
+        found = [(None, w.replace("_", " "), attention_span(attention[0]) if located else (0, -1)) for w in words]
+    else:
+        found = [(f.subject, f.action, f.span) for f in find_actions(words, attention if not model.pooled else None)]
     actions = []
-    for found in find_actions(words, attention if not model.pooled else None):
-        start, end = found.span if found.span[1] >= found.span[0] else (0, max(frames - 1, 0))
-        actions.append({"action": found.action, "subject": found.subject, "start_s": round(times[start], 3),
+    for subject, action, span in found:
+        start, end = span if span[1] >= span[0] else (0, max(frames - 1, 0))
+        actions.append({"action": action, "subject": subject, "start_s": round(times[start], 3),
                         "end_s": round(end_of(end), 3), "score": round(mean_prob, 4)})  # fmt: skip
-    output: dict[str, Any] = {"caption": " ".join(words), "actions": actions, "tokens": words, "score": float(result.score)}
+    caption = actions[0]["action"] if label_mode and actions else " ".join(words)
+    output: dict[str, Any] = {"caption": caption, "actions": actions, "tokens": words, "score": float(result.score)}
     if include_attention:
         output["attention"] = [
             {"token": w, "frames": [round(float(v), 4) for v in row]} for w, row in zip(words, attention if attention is not None else [])

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mmserve.plugins.action.checkpoint import save_recognizer
-from mmserve.plugins.action.data import ActionClips, action_vocabulary, collate_training
+from mmserve.plugins.action.data import ActionClips, action_label_vocabulary, action_vocabulary, collate_training
 from mmserve.plugins.action.evaluate import evaluate_model
 from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss
 from mmserve.plugins.action.pretrain import pretrain_trunk
@@ -33,6 +33,8 @@ from mmserve.plugins.tracking import RunLogger
 from mmserve.plugins.training import resolve_settings as resolve_task_settings
 
 DEFAULTS: dict[str, Any] = {
+    # sequence: "seven moves left then ..." | label: one class token per clip (single-action clips)
+    "mode": "sequence",
     # data: clips are generated on the fly; epoch e uses clip set e % clip_pool, rendered once
     # and kept in memory (0: a new set every epoch, nothing kept)
     "train_clips": 6000,
@@ -130,8 +132,8 @@ def _train_mode(model: ActionRecognizer, frozen: torch.nn.Module | None) -> None
 
 
 def _selection_score(val: dict[str, float]) -> float:
-    """Which validation is best: both goals count (exact sequence and localisation)."""
-    return val["exact_sequence_accuracy"] + val["localisation_iou50"]
+    """Which validation is best: both goals count (exact sequence, or label, and localisation)."""
+    return val.get("exact_sequence_accuracy", val.get("label_accuracy", 0.0)) + val["localisation_iou50"]
 
 
 def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
@@ -143,8 +145,10 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
     device = torch.device(options.device)
     budget = s["time_budget_s"] or None
     started = time.monotonic()
-    vocab = action_vocabulary()
-    model = build_model(s, vocab).to(device)
+    assert s["mode"] in ("sequence", "label"), f"mode must be sequence or label, got {s['mode']!r}"
+    label_mode = s["mode"] == "label"
+    vocab = action_label_vocabulary() if label_mode else action_vocabulary()
+    model = build_model(s, vocab, s["mode"]).to(device)
     pretrained = None
     if s["pretrain_steps"] > 0:
         encoder = model.config.encoder
@@ -155,7 +159,8 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
         if s["progress"]:
             tqdm.write(f"pretrained trunk: {pretrained}", file=sys.stderr)
     frozen = _freeze(model, s["freeze_stages"]) if pretrained is not None else None
-    train_set = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size, pool=s["clip_pool"])
+    train_set = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size, pool=s["clip_pool"],
+                             mode=s["mode"])  # fmt: skip
     loader = DataLoader(
         train_set,
         batch_size=options.batch_size,
@@ -203,7 +208,9 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
         for clips, captions, spans in bar:
             clips, captions = clips.to(device), captions.to(device)  # [B, T, 3, H, W] + lengths, [B, L+1]
             logits, attention, presence = model.forward_train(clips, captions[:, :-1])  # token t+1 from tokens <= t
-            loss, ce = action_loss(logits, captions[:, 1:], attention, vocab.pad_id, spans, s["attention_supervision"])
+            # label mode: the class token (position 0) attends to the action's frames
+            loss, ce = action_loss(logits, captions[:, 1:], attention, vocab.pad_id, spans, s["attention_supervision"],
+                                   words_per_action=2 if label_mode else 4)  # fmt: skip
             if presence is not None and s["presence_weight"] > 0:
                 targets = model.presence_targets(captions)
                 loss = loss + s["presence_weight"] * F.binary_cross_entropy_with_logits(presence, targets)
@@ -229,8 +236,9 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
             logger.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=step)
             score = _selection_score(val)
             if s["progress"]:
-                keys = ("train_loss", "val_exact_sequence_accuracy", "val_per_action_accuracy", "val_localisation_iou50")
-                line = ", ".join(f"{k} {row[k]:.4g}" for k in keys)
+                keys = ("train_loss", "val_exact_sequence_accuracy", "val_per_action_accuracy", "val_label_accuracy",
+                        "val_localisation_iou50")  # fmt: skip
+                line = ", ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
                 mark = " (best)" if score > best else ""
                 tqdm.write(f"step {step} epoch {epoch}: {line}, {wall:.0f}s{mark}", file=sys.stderr)
             # Only the best-on-validation model is written, as soon as it is found, so a run
@@ -242,7 +250,7 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
                                                             "val_selection_score": round(score, 4)}, s["fp16"])  # fmt: skip
             if stop:
                 break
-    chosen = max(history, key=lambda r: r["val_exact_sequence_accuracy"] + r["val_localisation_iou50"])
+    chosen = max(history, key=lambda r: _selection_score({k.removeprefix("val_"): v for k, v in r.items()}))
     metrics = {k: float(v) for k, v in chosen.items() if k != "epoch"}
     metrics["train_wall_seconds"] = time.monotonic() - started
     metrics["steps_done"] = float(step)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from mmserve.plugins.action.data import action_vocabulary, make_example
 from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig
-from mmserve.plugins.action.preprocess import sampling, video_bytes_to_clip
+from mmserve.plugins.action.preprocess import FRAMES_CONTENT_TYPE, decode_frames, sampling, video_bytes_to_clip
 from mmserve.plugins.action.task import ActionTask
 from mmserve.plugins.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 from mmserve.plugins.task import InputLimits
@@ -96,3 +97,45 @@ def test_sampling_options_are_validated():
         SamplingOptions(fps=0)
     with pytest.raises(ValidationError):
         SamplingOptions(frames=0)
+
+
+def _frames_bytes(frames: np.ndarray) -> tuple[bytes, str | None]:
+    return ActionTask().v2_input("FRAMES", frames)
+
+
+def test_v2_frames_input_is_the_clip_as_sent(model):
+    from mmserve.plugins.action.clips import sample_clip
+    from mmserve.plugins.action.render import render_clip
+
+    clip = render_clip(sample_clip("test", 2))  # [T, 3, 32, 48]
+    data, content_type = _frames_bytes(clip.permute(0, 2, 3, 1).numpy())  # [T, H, W, 3]
+    assert content_type == FRAMES_CONTENT_TYPE
+    prepared = ActionTask().preprocess(data, content_type, model, LIMITS)
+    torch.testing.assert_close(prepared.inputs, clip)  # already the model's size: unchanged
+    assert prepared.context == [k / 8 for k in range(clip.shape[0])]
+    # other sizes are resized like decoded video; frames=N keeps N, fps says their rate
+    big = np.repeat(np.repeat(clip.permute(0, 2, 3, 1).numpy(), 3, axis=1), 3, axis=2)  # [T, 96, 144, 3]
+    frames, times = decode_frames(_frames_bytes(big)[0], model, LIMITS, {"frames": 4})
+    assert frames.shape == (4, 3, 32, 48) and len(times) == 4 and times == sorted(times)
+    assert float((frames.float() - clip[[round((k + 0.5) * len(clip) / 4) for k in range(4)]].float()).abs().mean()) < 8
+    assert decode_frames(data, model, LIMITS, {"fps": 4})[1][:3] == [0.0, 0.25, 0.5]
+
+
+def test_bad_v2_frames_are_clear_4xx(model):
+    good = np.zeros((5, 32, 48, 3), dtype=np.uint8)
+    with pytest.raises(InputError, match="uint8"):
+        _frames_bytes(good.astype(np.float32))
+    with pytest.raises(InputError, match=r"\[T, H, W, 3\]"):
+        _frames_bytes(good[..., :1])
+    with pytest.raises(InputError, match="T, H, W >= 1"):
+        _frames_bytes(good[:0])
+    with pytest.raises(InputError, match="NumPy"):
+        decode_frames(b"not an array", model, LIMITS)
+    with pytest.raises(PayloadTooLarge, match="64 frames"):
+        decode_frames(_frames_bytes(np.zeros((65, 4, 4, 3), dtype=np.uint8))[0], model, LIMITS)
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        decode_frames(_frames_bytes(np.zeros((1, 1001, 1000, 3), dtype=np.uint8))[0], model, LIMITS)
+    with pytest.raises(InputError, match="positive"):
+        decode_frames(_frames_bytes(good)[0], model, LIMITS, {"frames": 0})
+    with pytest.raises(InputError, match="takes no numeric"):
+        ActionTask().v2_input("NOTES", good)

@@ -8,11 +8,14 @@ import torch
 
 from mmserve.plugins.action.checkpoint import load_recognizer
 from mmserve.plugins.action.clips import sample_clip
-from mmserve.plugins.action.data import ActionClips, action_vocabulary
+from mmserve.plugins.action.data import ACTION_LABELS, ActionClips, action_label_vocabulary, action_vocabulary
+from mmserve.plugins.action.evaluate import evaluate_model
 from mmserve.plugins.action.model import ClipEncoderConfig, FrameCNN
 from mmserve.plugins.action.pretrain import NOTHING, frame_targets, pretrain_trunk
 from mmserve.plugins.action.render import centre_of_mass, render_actor, render_clip
+from mmserve.plugins.action.task import describe
 from mmserve.plugins.action.train import _freeze, _train_mode, build_model, resolve_settings, train_recognizer
+from mmserve.plugins.nn.search import DecodeResult, greedy_decode
 from mmserve.plugins.task import TrainOptions
 from mmserve.plugins.tracking import MemoryRunLogger
 
@@ -104,3 +107,32 @@ def test_training_keeps_the_best_validated_model(tmp_path):
     assert "val_selection_score" in training
     model = load_recognizer(tmp_path)
     assert model.config.encoder.stem_stride == 1
+
+
+def test_single_label_clips_have_one_digit_one_action_and_a_class_token():
+    labels = ActionClips("train", 6, action_label_vocabulary(), seed=2, mode="label")
+    for index in range(6):
+        spec = labels.spec(index)
+        assert len(spec.actors) == 1 and len(spec.actions) == 1
+        _, ids, spans = labels[index]
+        word = labels.vocab.itos[int(ids[1])]
+        assert len(ids) == 3 and word.replace("_", " ") == spec.actions[0].action and spans == spec.spans
+    # the sequence clips are not moved by the option
+    assert sample_clip("train", 4, 2, num_actions=None) == sample_clip("train", 4, 2)
+
+
+def test_label_mode_trains_scores_and_serves_one_class_with_its_span(tmp_path):
+    extra = {**TINY, "mode": "label", "train_clips": 4, "val_clips": 2, "eval_every": 1}
+    train_recognizer(TrainOptions(output_dir=tmp_path, epochs=1, batch_size=2, max_steps=1, extra=extra), MemoryRunLogger())
+    model = load_recognizer(tmp_path)
+    assert model.config.mode == "label" and len(model.vocab) == len(ACTION_LABELS) + 4
+    metrics, predictions, specs = evaluate_model(model, clips=3, progress=False)
+    assert set(metrics) >= {"label_accuracy", "localisation_iou50"} and len(predictions) == 3
+    clip = render_clip(specs[0])
+    result = greedy_decode(model, model.encode(model.collate([clip])), 4)[0]
+    label = int(model.vocab.encode("moves_left")[1])
+    forced = DecodeResult(tokens=[label], score=-0.5, attention=torch.softmax(torch.arange(len(clip), dtype=torch.float).unsqueeze(0), -1))
+    out = describe(forced, model, include_attention=False)
+    assert out["caption"] == "moves left" and out["tokens"] == ["moves_left"]
+    assert out["actions"][0]["subject"] is None and out["actions"][0]["end_s"] > out["actions"][0]["start_s"]
+    assert isinstance(describe(result, model, include_attention=True)["actions"], list)
