@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from mmserve.plugins.errors import InputError, PayloadTooLarge, UnprocessableInput
 from mmserve.plugins.music.checkpoint import load_music_model
+from mmserve.plugins.music.evaluate import HARMONY_DIR
 from mmserve.plugins.music.midi import piece_to_midi_bytes
 from mmserve.plugins.music.preprocess import CONTENT_TYPES, MAX_GENERATED_STEPS, MusicOptions, parse_piece
 from mmserve.plugins.music.render import midi_to_wav, piano_roll_png
@@ -39,7 +40,6 @@ from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 STEPS_PER_BEAT = {"quarter": 1, "harmony": 4}
-HARMONY_DIR = "harmony"  # the harmonisation model's folder inside the served artifact
 ROUTE_OF_MODE = {"continue": "quarter", "score": "quarter", "harmonize": "harmony"}
 
 

@@ -141,6 +141,19 @@ def test_tritonclient_gets_midi_and_notes(base):
     assert isinstance(json.loads(notes), list)
 
 
+def test_harmonize_writes_three_voices_under_a_soprano(base):
+    from mmserve.plugins.music.data import load_harmony
+
+    melody = load_harmony()["test"][0].melody[:32]  # two bars of 16th-note steps
+    response = _post(base, json.dumps(melody).encode(), "application/json", mode="harmonize", seed=2, temperature=0.5)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["num_steps"] == 32 and body["finished"] and body["seconds_per_step"] == pytest.approx(0.15)
+    assert [s["melody"] for s in body["steps"]] == melody
+    four_part = sum(len(s["notes"]) == 4 and max(s["notes"]) == s["melody"][0] for s in body["steps"] if s["melody"])
+    assert four_part >= 24, [s["notes"] for s in body["steps"]]  # a trained model writes three voices below
+
+
 def test_tritonclient_sends_notes_as_int32_voices(base):
     import tritonclient.http as http
 
@@ -155,6 +168,21 @@ def test_tritonclient_sends_notes_as_int32_voices(base):
     primed = client.infer("music", [tensor], parameters={"length": 4, "temperature": 1.0, "seed": 5})
     assert bytes(primed.as_numpy("MIDI")[0])[:4] == b"MThd"
     assert len(json.loads(primed.as_numpy("NOTES")[0])) == 4
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "status", "words"),
+    [
+        ([1, 3], [60, 62, 64], 400, "[steps, voices]"),  # no voices axis
+        ([1, 2, 2], [60, 64, 200, 62], 422, "range"),
+        ([3], [60, 62, 64], 400, "[n, ...]"),
+    ],
+)
+def test_bad_v2_notes_are_a_clear_4xx(base, shape, data, status, words):
+    body = {"inputs": [{"name": "NOTES", "datatype": "INT32", "shape": shape, "data": data}]}
+    response = httpx.post(f"{base}/v2/models/music/infer", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"].lower(), response.text
 
 
 @pytest.mark.parametrize(
