@@ -5,6 +5,7 @@ very same clips."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from mmserve.plugins.tracking import RunLogger
 BEAM_SIZE = 4
 LENGTH_PENALTY = 0.6  # GNMT alpha: without it beam search favours short transcripts
 MAX_LENGTH = 200
+POCKETSPHINX_CLIPS = 40  # default; pocketsphinx takes seconds a clip on a shared CPU
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
@@ -97,26 +99,38 @@ def pocketsphinx_transcribe(waves: Sequence[np.ndarray], progress: bool = False)
     return out
 
 
-def _pocketsphinx_cached(clips: SpeechClips, cache_file: Path, limit: int, progress: bool) -> list[str]:
-    # The test clips are fixed, so pocketsphinx's (slow) answers are kept beside them.
-    if cache_file.is_file():
-        cached = json.loads(cache_file.read_text())
-        if len(cached) >= limit:
-            return cached[:limit]
-    hyps = pocketsphinx_transcribe([clips.wave(i) for i in range(limit)], progress)
-    cache_file.write_text(json.dumps(hyps))
-    return hyps
+def pocketsphinx_cached(clips: SpeechClips, cache_file: Path, limit: int, progress: bool = False, save_every: int = 10) -> list[str]:
+    """pocketsphinx's answers for the first `limit` clips. The test clips are fixed and
+    pocketsphinx is slow (seconds a clip), so answers are kept in `cache_file` beside the clips
+    and only the missing ones are computed, saved every `save_every` clips (an interrupted run
+    keeps its work)."""
+    hyps: list[str] = json.loads(cache_file.read_text()) if cache_file.is_file() else []
+    missing = range(len(hyps), limit)
+    for start in tqdm(range(missing.start, limit, save_every), desc="pocketsphinx", disable=not progress or not missing, leave=False):
+        hyps += pocketsphinx_transcribe([clips.wave(i) for i in range(start, min(start + save_every, limit))])
+        cache_file.write_text(json.dumps(hyps))
+    return hyps[:limit]
+
+
+def pocketsphinx_clip_count(default: int = POCKETSPHINX_CLIPS) -> int:
+    """How many test clips pocketsphinx transcribes: $MMSERVE_SPEECH_POCKETSPHINX_CLIPS, else `default`."""
+    value = os.environ.get("MMSERVE_SPEECH_POCKETSPHINX_CLIPS", "").strip()
+    if not value:
+        return default
+    assert value.isdigit(), f"MMSERVE_SPEECH_POCKETSPHINX_CLIPS must be a whole number, got {value!r}"
+    return int(value)
 
 
 def evaluate_artifact(
     artifact_dir: Path,
     logger: RunLogger,
     device: str = "cpu",
-    pocketsphinx_clips: int = 40,
+    pocketsphinx_clips: int | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
     """WER / CER of the model (greedy and beam) on the test split, and of pocketsphinx on its
-    first `pocketsphinx_clips` clips (with ours on the same clips for a fair comparison)."""
+    first `pocketsphinx_clips` clips (default: `pocketsphinx_clip_count()`), with ours on the
+    same clips for a fair comparison."""
     model = load_speech_model(artifact_dir, device)
     training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
     sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
@@ -139,10 +153,10 @@ def evaluate_artifact(
         hyps["ctc_greedy"] = ctc_transcribe(model, features)
         rates = error_rates(texts, hyps["ctc_greedy"])
         metrics.update({"ctc_greedy_wer": rates["wer"], "ctc_greedy_cer": rates["cer"]})
-    limit = min(pocketsphinx_clips, len(clips))
+    limit = min(pocketsphinx_clip_count() if pocketsphinx_clips is None else pocketsphinx_clips, len(clips))
     if limit > 0:
         try:
-            sphinx = _pocketsphinx_cached(clips, split_dir(cache, "test", sizes) / "pocketsphinx.json", limit, progress)
+            sphinx = pocketsphinx_cached(clips, split_dir(cache, "test", sizes) / "pocketsphinx.json", limit, progress)
         except ImportError:
             sphinx = None  # optional dependency: `pip install mmserve[eval]`
         if sphinx is not None:

@@ -71,6 +71,11 @@ def conv_length(lengths: torch.Tensor) -> torch.Tensor:
     return (lengths - 1) // 2 + 1
 
 
+def memory_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Memory positions (8x layer) of utterances of `lengths` feature frames."""
+    return (conv_length(conv_length(lengths)) + 1) // 2
+
+
 def lengths_to_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, width]
 
@@ -116,7 +121,7 @@ class Listener(nn.Module):
             x4p = x4
         b, t, d = x4p.shape
         pairs = self.dropout(x4p.reshape(b, t // 2, 2 * d))  # [B, T8, 4H]
-        len3 = (len2 + 1) // 2
+        len3 = (len2 + 1) // 2  # = memory_lengths(lengths)
         x8 = self._bilstm(self.lstm2, pairs, len3)  # [B, T8, 2H]
         return x8, len3, x4, len2
 
@@ -177,25 +182,67 @@ class ListenAttendSpell(EncoderDecoder):
         return logits, attention, ctc
 
 
+def guided_attention_loss(
+    attention: torch.Tensor, steps: torch.Tensor, positions: torch.Tensor, width: float = 0.2
+) -> torch.Tensor:
+    """Guided attention (Tachibana et al. 2018): speech is read left to right at a roughly even
+    pace, so the weight of output step u on memory position n is penalised by
+    1 - exp(-(n/N - u/U)^2 / (2 width^2)), zero on the diagonal. Without it the speller first
+    learns a character language model and finds the alignment only after many epochs; with it
+    the attention is near-diagonal from the first hundreds of steps.
+
+    attention [B, U, N]; steps [B] (output steps per row, <eos> included); positions [B]."""
+    b, u, n = attention.shape
+    assert steps.shape == (b,) and positions.shape == (b,), "steps and positions must be [B]"
+    step_pos = (torch.arange(u, device=attention.device) + 0.5).unsqueeze(0) / steps.unsqueeze(1)  # [B, U]
+    mem_pos = (torch.arange(n, device=attention.device) + 0.5).unsqueeze(0) / positions.unsqueeze(1)  # [B, N]
+    penalty = 1.0 - torch.exp(-((mem_pos.unsqueeze(1) - step_pos.unsqueeze(2)) ** 2) / (2 * width**2))  # [B, U, N]
+    valid = (torch.arange(u, device=attention.device).unsqueeze(0) < steps.unsqueeze(1)).to(attention.dtype)  # [B, U]
+    # Padded memory positions already have zero weight; padded steps are masked here.
+    per_step = (attention * penalty).sum(dim=2) * valid  # [B, U]
+    return per_step.sum() / valid.sum().clamp_min(1.0)
+
+
+def ctc_loss(model: ListenAttendSpell, batch: SpeechBatch, targets: torch.Tensor) -> torch.Tensor:
+    """CTC of the listener's 4x layer alone (no speller): a few times cheaper than speech_loss
+    on a CPU, since the speller's per-character loop dominates. Pretrains the listener.
+    targets [B, U+1]: <bos> chars <eos> <pad>..."""
+    assert model.ctc is not None, "this model has no CTC head"
+    _, _, x4, len4 = model.listen(batch)
+    log_probs = torch.log_softmax(model.ctc(x4), dim=-1).transpose(0, 1)  # [T4, B, V]
+    gold = targets[:, 1:]
+    chars = gold.masked_fill(gold == model.eos_id, model.pad_id)  # the characters only
+    lengths = (chars != model.pad_id).sum(dim=1)
+    return F.ctc_loss(log_probs, chars, len4, lengths, blank=model.pad_id, zero_infinity=True)
+
+
 def speech_loss(
     model: ListenAttendSpell,
     batch: SpeechBatch,
     targets: torch.Tensor,
     smoothing: float = 0.1,
     ctc_weight: float = 0.3,
+    guide_weight: float = 0.0,
+    guide_width: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(1 - w) * label-smoothed cross-entropy + w * CTC. targets [B, U+1]: <bos> chars <eos> <pad>..."""
+    """(1 - w) * label-smoothed cross-entropy + w * CTC (+ guide_weight * guided attention).
+    targets [B, U+1]: <bos> chars <eos> <pad>..."""
     pad = model.pad_id
-    logits, _, ctc = model(batch, targets[:, :-1])
+    logits, attention, ctc = model(batch, targets[:, :-1])
     gold = targets[:, 1:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=pad,
                          label_smoothing=smoothing)  # fmt: skip
     parts = {"ce": ce.item()}
+    guide = ce.new_zeros(())
+    if guide_weight > 0:
+        positions = memory_lengths(batch.lengths.to(attention.device))
+        guide = guided_attention_loss(attention, (gold != pad).sum(dim=1), positions, guide_width)
+        parts["guide"] = guide.item()
     if ctc is None or ctc_weight <= 0:
-        return ce, parts
+        return ce + guide_weight * guide, parts
     log_probs, input_lengths = ctc
     chars = gold.masked_fill(gold == model.eos_id, pad)  # CTC targets: the characters only
     target_lengths = (chars != pad).sum(dim=1)
-    ctc_loss = F.ctc_loss(log_probs, chars, input_lengths, target_lengths, blank=pad, zero_infinity=True)
-    parts["ctc"] = ctc_loss.item()
-    return (1 - ctc_weight) * ce + ctc_weight * ctc_loss, parts
+    ctc = F.ctc_loss(log_probs, chars, input_lengths, target_lengths, blank=pad, zero_infinity=True)
+    parts["ctc"] = ctc.item()
+    return (1 - ctc_weight) * ce + ctc_weight * ctc + guide_weight * guide, parts

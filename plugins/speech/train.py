@@ -25,9 +25,16 @@ from tqdm import tqdm
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.speech.checkpoint import save_speech_model
 from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
-from mmserve.plugins.speech.evaluate import error_rates, transcribe
+from mmserve.plugins.speech.evaluate import ctc_transcribe, error_rates, transcribe
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
-from mmserve.plugins.speech.model import ListenAttendSpell, ListenerConfig, SpeechBatch, SpeechConfig, speech_loss
+from mmserve.plugins.speech.model import (
+    ListenAttendSpell,
+    ListenerConfig,
+    SpeechBatch,
+    SpeechConfig,
+    ctc_loss,
+    speech_loss,
+)
 from mmserve.plugins.speech.text import char_vocabulary, encode_chars
 from mmserve.plugins.task import TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
@@ -48,10 +55,16 @@ DEFAULTS: dict[str, Any] = {
     "embed_dim": 32,
     "speller_hidden": 128,
     "attn_dim": 64,
-    "dropout": 0.2,
+    "dropout": 0.1,
     "ctc": True,
     # training
-    "ctc_weight": 0.4,
+    "ctc_weight": 0.5,
+    "guide_weight": 1.0,  # guided attention (near-diagonal alignment); 0 = off
+    "guide_width": 0.2,  # its tolerance, as a fraction of the utterance
+    "ctc_pretrain_steps": 1000,  # first train the listener alone with CTC (cheap steps) for this many steps
+    "ctc_pretrain_fraction": 0.35,  # ... or this fraction of the time budget, whichever ends first
+    "curriculum_epochs": 1,  # epochs whose batches go from the shortest utterances to the longest
+    "eval_every": 200,  # validate (and save the best weights so far) every this many steps; 0 = each epoch only
     "label_smoothing": 0.1,
     "freq_masks": 2,
     "freq_mask_width": 12,
@@ -118,11 +131,13 @@ def pad_targets(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     return torch.tensor([t + [pad_id] * (width - len(t)) for t in sequences], dtype=torch.long)
 
 
-def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Batches of utterances of similar length (sorted with a little noise), in random order."""
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random, shortest_first: bool = False) -> list[list[int]]:
+    """Batches of utterances of similar length (sorted with a little noise), in random order,
+    or from the shortest to the longest (a curriculum: short clips align more easily)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.uniform(-15, 15))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
+    if not shortest_first:
+        rng.shuffle(batches)
     return batches
 
 
@@ -141,6 +156,13 @@ def _over_budget(started: float, s: dict[str, Any]) -> bool:
 
 def featurize(clips: SpeechClips, featurizer: LogMel, progress: bool, desc: str) -> list[torch.Tensor]:
     return [featurizer(torch.from_numpy(clips.wave(i))) for i in tqdm(range(len(clips)), desc=desc, disable=not progress, leave=False)]  # fmt: skip
+
+
+@torch.no_grad()
+def validate_ctc(model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str]) -> dict[str, float]:
+    """Validation of the listener alone (CTC best path), while it is pretrained."""
+    rates = error_rates(texts, ctc_transcribe(model, features))
+    return {"val_ctc_wer": rates["wer"], "val_ctc_cer": rates["cer"]}
 
 
 @torch.no_grad()
@@ -190,18 +212,62 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     schedule = partial(_lr_factor, total=total_steps, warmup=s["warmup_steps"], floor=s["min_lr_ratio"])
     budget_s = 60 * s["time_budget_minutes"]
     history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    best_wer: float | None = None
+    training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
     step, started = 0, time.monotonic()
+    pretrain_end: int | None = None  # the step the CTC pretraining ended at
+
+    def pretraining() -> bool:
+        # Listener-only CTC steps first: they cost a fraction of a full step, and a listener
+        # that already tells sounds apart lets the speller's attention find the alignment.
+        nonlocal pretrain_end
+        if pretrain_end is not None or not s["ctc"]:
+            return False
+        fraction = (time.monotonic() - started) / budget_s if budget_s > 0 else 0.0
+        if step < s["ctc_pretrain_steps"] and fraction < s["ctc_pretrain_fraction"]:
+            return True
+        pretrain_end = step
+        return False
+
+    def checkpoint(epoch: int, running: float, seen: int, final: bool = False) -> None:
+        # Validate; the best weights so far go to the output directory at once, so a run that
+        # is stopped early still leaves usable weights.
+        nonlocal best_wer
+        row: dict[str, float] = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1)}
+        if pretraining() and not (final and not history):  # the speller is untrained: only the listener's CTC
+            row.update(validate_ctc(model, val_x, val_texts))
+        else:
+            row.update(validate(model, val_x, val_texts, s))
+            history.append(row)
+        logger.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=step)
+        if "val_wer" in row and (best_wer is None or row["val_wer"] <= best_wer):
+            best_wer = row["val_wer"]
+            wall = round(time.monotonic() - started, 1)
+            save_speech_model(model, options.output_dir, {**training, "steps": step, "wall_seconds": wall}, s["fp16"])
+        # Always printed (logs of background runs), beside the progress bar when there is one.
+        line = ", ".join(f"{k} {v:.4g}" for k, v in row.items()) + f", {time.monotonic() - started:.0f}s"
+        tqdm.write(line, file=sys.stderr)
+        model.train()
+
+    speller_epochs = 0  # epochs that began with the speller in training
     for epoch in range(1, options.epochs + 1):
         model.train()
         running, seen = 0.0, 0
-        batches = length_batches([x.shape[0] for x in train_x], options.batch_size, rng)
+        lengths = [x.shape[0] for x in train_x]
+        speller_epochs += 0 if pretraining() else 1
+        curriculum = 1 <= speller_epochs <= s["curriculum_epochs"]  # the speller meets short clips first
+        batches = length_batches(lengths, options.batch_size, rng, shortest_first=curriculum)
         bar = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
         for index in bar:
             batch = model.collate([spec_augment(train_x[i], rng, s) for i in index])
             batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
             targets = pad_targets([train_y[i] for i in index], model.pad_id).to(device)
-            loss, parts = speech_loss(model, batch, targets, s["label_smoothing"], s["ctc_weight"] if s["ctc"] else 0.0)
+            if pretraining():
+                loss = ctc_loss(model, batch, targets)
+                parts = {"ce": float("nan"), "ctc": loss.item()}
+            else:
+                loss, parts = speech_loss(model, batch, targets, s["label_smoothing"], s["ctc_weight"] if s["ctc"] else 0.0,
+                                          s["guide_weight"], s["guide_width"])  # fmt: skip
             time_progress = (time.monotonic() - started) / budget_s if budget_s > 0 else 0.0
             lr = options.learning_rate * schedule(step, time_progress=time_progress)
             for group in optimizer.param_groups:
@@ -211,27 +277,21 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
             optimizer.step()
             step += 1
-            running, seen = running + float(loss) * len(index), seen + len(index)
+            running, seen = running + loss.item() * len(index), seen + len(index)
             bar.set_postfix(loss=f"{running / seen:.3f}", ce=f"{parts['ce']:.3f}", lr=f"{lr:.1e}")
             if step >= total_steps or _over_budget(started, s):
                 break
-        row = {"epoch": epoch, "train_loss": running / max(seen, 1), **validate(model, val_x, val_texts, s)}
-        history.append(row)
-        logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        if best is None or row["val_wer"] <= best[0]:
-            best = (row["val_wer"], {k: v.detach().clone() for k, v in model.state_dict().items()})
-        if s["progress"]:
-            line = ", ".join(f"{k} {v:.4g}" for k, v in row.items()) + f", {time.monotonic() - started:.0f}s"
-            tqdm.write(line, file=sys.stderr)
-        if step >= total_steps or _over_budget(started, s):
+            if s["eval_every"] and step % s["eval_every"] == 0:
+                checkpoint(epoch, running, seen)
+        last = step >= total_steps or _over_budget(started, s)
+        checkpoint(epoch, running, seen, final=last)
+        if last:
             break
     wall = time.monotonic() - started
-    assert best is not None, "no epoch ran"
-    model.load_state_dict(best[1])
+    assert history, "no epoch ran"
     logger.log_text(json.dumps(history, indent=1), "history.json")
-    training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
-    save_speech_model(model, options.output_dir, {**training, "steps": step, "wall_seconds": round(wall, 1)}, s["fp16"])
     best_row = min(history, key=lambda r: r["val_wer"])
-    metrics = {k: float(v) for k, v in best_row.items() if k != "epoch"}
-    metrics.update({"best_epoch": float(best_row["epoch"]), "train_wall_seconds": wall})
+    metrics = {k: float(v) for k, v in best_row.items() if k not in ("epoch", "step")}
+    metrics.update({"best_epoch": float(best_row["epoch"]), "best_step": float(best_row["step"]), "train_wall_seconds": wall,
+                    "ctc_pretrain_steps_done": float(pretrain_end if pretrain_end is not None else step)})  # fmt: skip
     return TrainResult(artifact_dir=options.output_dir, metrics=metrics, params=params)

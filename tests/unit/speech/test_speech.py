@@ -13,11 +13,11 @@ from mmserve.plugins.errors import InputError, PayloadTooLarge
 from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for
-from mmserve.plugins.speech.model import speech_loss
+from mmserve.plugins.speech.model import ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features
 from mmserve.plugins.speech.task import SpeechTask, word_times
 from mmserve.plugins.speech.text import char_vocabulary, decode_chars, encode_chars, normalize_text
-from mmserve.plugins.speech.train import build_model, pad_targets, resolve_settings, spec_augment
+from mmserve.plugins.speech.train import build_model, length_batches, pad_targets, resolve_settings, spec_augment
 from mmserve.plugins.task import InputLimits
 from tests.unit.media_fixtures import encode_audio, stereo_sine
 
@@ -95,6 +95,72 @@ def test_loss_has_ctc_and_cross_entropy_and_trains():
         loss.backward()
         optimizer.step()
     assert loss.item() < first, "the loss should fall when fitting two utterances"
+
+
+def test_memory_lengths_match_the_listener():
+    model = tiny_model()
+    lengths = [83, 40, 17, 1, 8, 9]
+    with torch.no_grad():
+        memory = model.encode(model.collate(random_features(lengths)))
+    assert memory_lengths(torch.tensor(lengths)).tolist() == memory.mask.sum(dim=1).tolist()
+
+
+def test_guided_attention_penalises_off_diagonal_weights_only_on_real_steps():
+    steps, positions = torch.tensor([4, 2]), torch.tensor([8, 6])
+    diagonal = torch.zeros(2, 4, 8)
+    for u in range(4):
+        diagonal[0, u, 2 * u + 1] = 1.0  # row 0: 4 steps over 8 positions, on the diagonal
+    for u in range(2):
+        diagonal[1, u, 3 * u + 1] = 1.0  # row 1: 2 real steps over 6 positions
+    flipped = diagonal.clone()
+    flipped[0] = diagonal[0].flip(0)  # same weights, read backwards
+    low = guided_attention_loss(diagonal, steps, positions, 0.2)
+    high = guided_attention_loss(flipped, steps, positions, 0.2)
+    assert low < 0.05 and high > 0.5, (low, high)
+    # Weights on padded steps (row 1, steps 2 and 3) do not count.
+    padded = diagonal.clone()
+    padded[1, 2:, 5] = 1.0
+    torch.testing.assert_close(guided_attention_loss(padded, steps, positions, 0.2), low)
+
+
+def test_loss_adds_the_guide_when_asked_and_it_trains_the_attention():
+    model = tiny_model().train()
+    feats = random_features([80, 64], seed=2)
+    vocab = model.vocab
+    targets = pad_targets([encode_chars(vocab, "hi there"), encode_chars(vocab, "yo")], vocab.pad_id)
+    batch = model.collate(feats)
+    _, parts = speech_loss(model, batch, targets, 0.0, 0.0, guide_weight=1.0)
+    assert set(parts) == {"ce", "guide"}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = parts["guide"]
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss, parts = speech_loss(model, batch, targets, 0.0, 0.0, guide_weight=5.0)
+        loss.backward()
+        optimizer.step()
+    assert parts["guide"] < first, "the guided-attention loss should fall"
+
+
+def test_ctc_pretraining_loss_trains_the_listener_only():
+    model = tiny_model().train()
+    vocab = model.vocab
+    targets = pad_targets([encode_chars(vocab, "hi there"), encode_chars(vocab, "yo")], vocab.pad_id)
+    loss = ctc_loss(model, model.collate(random_features([80, 64], seed=3)), targets)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert all(p.grad is None for p in model.decoder.parameters()), "the speller must not be touched"
+    # CTC sits on the 4x layer: everything below it learns (the 8x BiLSTM waits for the speller).
+    below = [*model.listener.conv1.parameters(), *model.listener.lstm1.parameters(), *model.ctc.parameters()]
+    assert all(p.grad is not None for p in below)
+
+
+def test_length_batches_cover_everything_and_curriculum_goes_short_to_long():
+    lengths = [random.Random(i).randint(50, 500) for i in range(103)]
+    for shortest_first in (False, True):
+        batches = length_batches(lengths, 8, random.Random(0), shortest_first)
+        assert sorted(i for b in batches for i in b) == list(range(103))
+    means = [sum(lengths[i] for i in b) / len(b) for b in length_batches(lengths, 8, random.Random(0), True)]
+    assert means[0] < means[len(means) // 2] < means[-1]
 
 
 def test_spec_augment_masks_bands_and_frames():
