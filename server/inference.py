@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from mmserve.plugins.errors import PayloadTooLarge
 from mmserve.plugins.nn.decoding import DecodeResult
 from mmserve.plugins.task import Prepared, Task
 from mmserve.server.engine import TokenCallback
@@ -117,6 +118,8 @@ class Inference:
     ) -> Any:
         loop = asyncio.get_running_loop()
         limits = self.settings.task_input_limits(service.name)
+        if len(data) > limits.max_upload_bytes:  # every task, whether or not its plugin checks
+            raise PayloadTooLarge(f"the upload is {len(data)} bytes, over the limit of {limits.max_upload_bytes} bytes")
         task, model = service.task, loaded.model
         work = functools.partial(task.preprocess, data, content_type, model, limits, **task_options(task, params))
         return await loop.run_in_executor(self.executor, work)

@@ -40,6 +40,28 @@ def _check_rate(rate: int) -> None:
         raise InputError(f"the audio claims a sample rate of {rate} Hz; expected between 1 and {MAX_SAMPLE_RATE} Hz")
 
 
+def _check_wav_header(data: bytes) -> None:
+    """Name what is wrong with a WAV's format chunk (0 channels, a sample rate of 0 or of
+    gigahertz) before FFmpeg refuses the file with a generic 'cannot read its header'."""
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+        return
+    at = 12
+    while at + 8 <= len(data):
+        kind, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        if kind == b"fmt ":
+            if size < 16 or at + 24 > len(data):
+                raise InputError("the audio is truncated or corrupt: its WAV format chunk is too short")
+            channels = int.from_bytes(data[at + 10 : at + 12], "little")
+            rate = int.from_bytes(data[at + 12 : at + 16], "little")
+            if channels == 0:
+                raise InputError("the audio is truncated or corrupt: its WAV header declares 0 channels")
+            if rate <= 0 or rate > MAX_SAMPLE_RATE:
+                raise InputError(f"the audio is truncated or corrupt: its WAV header claims a sample rate of {rate} Hz; "
+                                 f"expected between 1 and {MAX_SAMPLE_RATE} Hz")  # fmt: skip
+            return
+        at += 8 + size + (size & 1)  # chunks are word-aligned
+
+
 def _too_long(seconds: float, max_duration_s: float, at_least: bool = False, header: bool = False) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"the audio is {'at least ' if at_least else ''}{seconds:.2f} s long"
@@ -63,6 +85,7 @@ def decode_audio(
     """
     assert sample_rate > 0, f"sample_rate must be positive, got {sample_rate}"
     check_media_bytes(data, content_type, "audio", max_upload_bytes)
+    _check_wav_header(data)
     container = open_container(data, "audio")
     with container, ffmpeg_errors("audio"):
         if not container.streams.audio:

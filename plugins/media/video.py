@@ -74,6 +74,9 @@ def decode_video(
         raise PayloadTooLarge(f"{frames} frames requested, over the limit of {max_frames} frames")
 
     check_media_bytes(data, content_type, "video", max_upload_bytes)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        # FFmpeg reports a GIF's size only once a frame is decoded: check the screen it declares first.
+        _check_pixels(int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little"), max_pixels)
     container = open_container(data, "video")
     with container, ffmpeg_errors("video"):
         if not container.streams.video:
@@ -121,6 +124,9 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+MAX_FPS = 1000  # high-speed cameras record up to ~1000 fps; denser timestamps are corrupt
+
+
 def _timeline(container: av.container.InputContainer, stream: av.VideoStream, max_duration_s: float):
     """Demux only (no decoding): sorted frame times in seconds and the clip duration.
 
@@ -156,6 +162,13 @@ def _timeline(container: av.container.InputContainer, stream: av.VideoStream, ma
     duration = times[-1] - times[0] + last_duration
     if duration > max_duration_s:
         raise PayloadTooLarge(f"the video is {duration:.2f} s long, over the limit of {max_duration_s:g} s")
+    span = times[-1] - times[0]
+    if span > 0 and len(times) - 1 > MAX_FPS * span:
+        # Timestamps packed absurdly close: a corrupt or hostile header, not a camera. (All
+        # frames at one instant is left to the sampling: some GIFs say "no delay".)
+        raise InputError(
+            f"the video's timestamps are corrupt: {len(times)} frames in {span:.6f} s is over {MAX_FPS} frames per second"
+        )
     return times, duration
 
 

@@ -1,4 +1,6 @@
-"""Generate the corrupt-input corpus: images (captioning), v2 tensors, numeric series, JSON bodies.
+"""Generate the corrupt-input corpus: images (captioning), v2 tensors, numeric series, JSON
+bodies, and audio (speech, OpenAI transcription), video (action) and MIDI (music) from
+media_cases.py.
 
 Nothing here is committed as binary: every case is built from a few valid files made with
 Pillow at run time. `python -m tests.corpus.generate OUT_DIR` writes one file per case plus
@@ -31,13 +33,14 @@ MAX_UPLOAD_BYTES = 128 * 1024
 @dataclass
 class Case:
     name: str
-    modality: str  # image | v2 | series | json
+    modality: str  # image | v2 | series | json | audio | video | midi
     route: str
     body: bytes
     headers: dict[str, str]
     statuses: tuple[int, ...]
     fragment: str  # lower-case text the error message must contain
     multipart: dict[str, str] = field(default_factory=dict)  # field -> content type, for form uploads
+    fields: dict[str, str] = field(default_factory=dict)  # other form fields sent with a multipart upload
 
 
 def _image(fmt: str, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -200,7 +203,9 @@ def json_cases() -> list[Case]:
 
 
 def build_cases() -> list[Case]:
-    return image_cases() + v2_cases() + series_cases() + json_cases()
+    from tests.corpus.media_cases import media_cases  # it builds on this module's helpers
+
+    return image_cases() + v2_cases() + series_cases() + json_cases() + media_cases()
 
 
 def write(out_dir: Path) -> Counter:
