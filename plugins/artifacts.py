@@ -60,3 +60,21 @@ def read_metrics(directory: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def read_task_config(directory: Path, task: str, format_version: int) -> dict[str, Any]:
+    """config.json of an artifact that must be `task`'s, at `format_version`; ValueError otherwise."""
+    config = read_config(directory)
+    found, version = config.get("task"), config.get("format_version")
+    if found != task or version != format_version:
+        article = "an" if task[:1].lower() in "aeiou" else "a"
+        raise ValueError(f"{directory} is not {article} {task} artifact of format {format_version}: task {found!r}, format {version!r}")
+    return config
+
+
+def artifact_file(directory: Path, name: str) -> Path:
+    """A file the artifact must hold (e.g. vocab.json); FileNotFoundError naming it otherwise."""
+    path = Path(directory) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"model artifact {directory} has no {name}")
+    return path

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from mmserve.plugins.action.model import ActionConfig, ActionRecognizer
-from mmserve.plugins.artifacts import WEIGHTS_FILE, load_weights, read_config, save_model_artifacts
+from mmserve.plugins.artifacts import WEIGHTS_FILE, artifact_file, load_weights, read_task_config, save_model_artifacts
 from mmserve.plugins.nn.vocab import Vocabulary
 
 TASK = "action"
@@ -28,13 +28,8 @@ def save_recognizer(model: ActionRecognizer, directory: Path, training: dict[str
 def load_recognizer(artifact_dir: Path, device: torch.device | str = "cpu") -> ActionRecognizer:
     """Build an ActionRecognizer from an artifact directory, in eval mode on `device`."""
     artifact_dir = Path(artifact_dir)
-    config = read_config(artifact_dir)
-    task, version = config.get("task"), config.get("format_version")
-    if task != TASK or version != FORMAT_VERSION:
-        raise ValueError(f"{artifact_dir} is not an {TASK} artifact of format {FORMAT_VERSION}: task {task!r}, format {version!r}")
-    vocab_path = artifact_dir / VOCAB_FILE
-    if not vocab_path.is_file():
-        raise FileNotFoundError(f"model artifact {artifact_dir} has no {VOCAB_FILE}")
+    config = read_task_config(artifact_dir, TASK, FORMAT_VERSION)
+    vocab_path = artifact_file(artifact_dir, VOCAB_FILE)
     model_config = ActionConfig.from_dict(config)
     if "presence_head" not in config:  # artifacts written before the flag existed: read it off the weights
         from safetensors import safe_open

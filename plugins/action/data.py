@@ -94,10 +94,11 @@ class ActionClips(Dataset):
     """
 
     def __init__(self, split: str, count: int, vocab: Vocabulary, seed: int = 0, size: tuple[int, int] | None = None,
-                 pool: int = 0, mode: str = "sequence"):  # fmt: skip
+                 pool: int = 0, mode: str = "sequence", keep: bool = True):  # fmt: skip
         assert pool >= 0, f"pool must be >= 0, got {pool}"
         assert mode in ("sequence", "label"), f"mode must be sequence or label, got {mode!r}"
         self.split, self.count, self.vocab, self.seed, self.pool, self.mode = split, count, vocab, seed, pool, mode
+        self.keep = keep  # False: cycle `pool` clip sets but render every time (the caller keeps what it needs)
         self.size = tuple(size) if size else None
         self.epoch = 0
         self._cache: dict[tuple[int, int], torch.Tensor] = {}  # (epoch seed, index) -> uint8 [T, 1, H, W]
@@ -122,7 +123,7 @@ class ActionClips(Dataset):
         return self._frames(index, self.spec(index))
 
     def _frames(self, index: int, spec: ClipSpec) -> torch.Tensor:
-        if not self.pool:
+        if not self.pool or not self.keep:
             return self._render(spec)
         key = (self.epoch, index)
         if key not in self._cache:  # grey clips: one channel stored, three handed out

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torchvision.models.resnet import BasicBlock
 
 from mmserve.plugins.action.data import ClipBatch, collate_clips
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
 from mmserve.plugins.nn.heads import CategoricalHead
+from mmserve.plugins.nn.trunk import basic_trunk
 from mmserve.plugins.nn.vocab import Vocabulary
 
 TEMPORAL = ("bigru", "bilstm", "none")
@@ -93,21 +93,7 @@ class FrameCNN(nn.Module):
 
     def __init__(self, c: ClipEncoderConfig):
         super().__init__()
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, c.stem_width, 3, stride=c.stem_stride, padding=1, bias=False),
-            nn.BatchNorm2d(c.stem_width),
-            nn.ReLU(inplace=True),
-        ]
-        width = c.stem_width
-        for out, stage_stride in zip(c.stage_widths, c.stage_strides):
-            for b in range(c.blocks_per_stage):
-                stride = stage_stride if b == 0 else 1
-                downsample = None
-                if stride != 1 or width != out:
-                    downsample = nn.Sequential(nn.Conv2d(width, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
-                layers.append(BasicBlock(width, out, stride=stride, downsample=downsample))
-                width = out
-        self.body = nn.Sequential(*layers)
+        self.body, width = basic_trunk(c.stem_width, c.stage_widths, c.stage_strides, c.blocks_per_stage, c.stem_stride)
         self.channels = width  # of the grid the body returns
         h, w = c.frame_size
         for stride in (c.stem_stride, *c.stage_strides):  # 3x3 convs, padding 1
@@ -120,7 +106,10 @@ class FrameCNN(nn.Module):
         self.project = nn.Sequential(nn.Linear(width * h * w + pooled, c.frame_dim), nn.ReLU(inplace=True))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        grid = self.body(frames)  # [N, C, h, w]
+        return self.from_grid(self.body(frames))
+
+    def from_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """The trunk's grid [N, C, h, w] -> frame features [N, frame_dim]."""
         parts = [grid.flatten(1)] + ([self.pool(grid).flatten(1)] if self.pool is not None else [])
         return self.project(torch.cat(parts, dim=1))  # [N, frame_dim]
 
@@ -234,7 +223,24 @@ class ActionRecognizer(EncoderDecoder):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Teacher forcing plus the presence logits [B, S] (None without subject words)."""
         features, mask = self.encoder.frame_features(batch)
-        values, memory_mask = self.encoder.temporal(features, mask, batch.lengths)
+        return self.forward_train_features(features, mask, batch.lengths, inputs)
+
+    def forward_train_grids(
+        self, grids: torch.Tensor, lengths: torch.Tensor, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """forward_train from the trunk's grids [B, T, C, h, w] (a fixed, cached trunk; zeros on padding)."""
+        batch_size, steps = grids.shape[:2]
+        mask = torch.arange(steps, device=grids.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
+        real = self.encoder.cnn.from_grid(grids[mask].float())  # [N_real, F]
+        features = real.new_zeros(batch_size, steps, real.shape[-1])
+        features[mask] = real
+        return self.forward_train_features(features, mask, lengths, inputs)
+
+    def forward_train_features(
+        self, features: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Frame features [B, T, F] and mask [B, T] -> logits, attention, presence logits."""
+        values, memory_mask = self.encoder.temporal(features, mask, lengths)
         logits, attention = self.decoder.forward_teacher(self.decoder.prepare_memory(values, memory_mask), inputs)
         presence = None
         if self.presence is not None:

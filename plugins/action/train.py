@@ -14,11 +14,12 @@ import math
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmserve.plugins.action.checkpoint import save_recognizer
@@ -26,6 +27,7 @@ from mmserve.plugins.action.data import ActionClips, action_label_vocabulary, ac
 from mmserve.plugins.action.evaluate import evaluate_model
 from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss
 from mmserve.plugins.action.pretrain import pretrain_trunk
+from mmserve.plugins.artifacts import load_weights
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.nn.vocab import Vocabulary
 from mmserve.plugins.task import TrainOptions, TrainResult
@@ -68,6 +70,10 @@ DEFAULTS: dict[str, Any] = {
     # after pretraining, keep the stem and this many first stages fixed (their full-resolution
     # convolutions are most of a frame's cost; fixed, they need no backward pass)
     "freeze_stages": 0,
+    # with every stage fixed: compute each pooled clip's trunk grid once and keep it (fp16),
+    # so a training step runs only the projection, the temporal RNN and the decoder
+    "cache_grids": False,
+    "init_from": "",  # an artifact directory to start from (same architecture)
     # run
     "eval_every": 0,  # steps between validations (best-on-val weights are kept); 0: once per epoch
     "time_budget_s": 0.0,  # wall-clock budget of the whole run incl. pretraining (0: none)
@@ -114,6 +120,33 @@ def _lr_factor(progress: float, warmup: float, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class GridClips(Dataset):
+    """A pooled ActionClips whose items carry the fixed trunk's grid (fp16 [T, C, h, w]) instead of
+    pixels, computed the first time a clip is drawn and kept (~12 KB a frame)."""
+
+    def __init__(self, clips: ActionClips, model: ActionRecognizer):
+        self.clips, self.model = clips, model
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.clips.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @torch.no_grad()
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        key = (self.clips.epoch, index)
+        spec = self.clips.spec(index)
+        if key not in self._cache:
+            c = self.model.config.encoder
+            frames = self.clips.frames(index).float().div_(255.0).sub_(c.mean).div_(c.std)
+            device = next(self.model.parameters()).device
+            self._cache[key] = self.model.encoder.cnn.body(frames.to(device)).half().cpu()
+        ids = torch.tensor(self.clips.vocab.encode(self.clips.caption(spec)), dtype=torch.long)
+        return self._cache[key], ids, spec.spans
+
+
 def _freeze(model: ActionRecognizer, stages: int) -> torch.nn.Module | None:
     """Fix the stem and the first `stages` stages of the frame CNN; returns them (None: nothing fixed)."""
     if stages <= 0:
@@ -148,7 +181,10 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
     assert s["mode"] in ("sequence", "label"), f"mode must be sequence or label, got {s['mode']!r}"
     label_mode = s["mode"] == "label"
     vocab = action_label_vocabulary() if label_mode else action_vocabulary()
-    model = build_model(s, vocab, s["mode"]).to(device)
+    model = build_model(s, vocab, s["mode"])
+    if s["init_from"]:
+        load_weights(Path(s["init_from"]), model)  # strict: the architecture must match
+    model = model.to(device)
     pretrained = None
     if s["pretrain_steps"] > 0:
         encoder = model.config.encoder
@@ -158,9 +194,12 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
                             "pretrain_false_alarms": pretrained.false_alarms}, step=0)  # fmt: skip
         if s["progress"]:
             tqdm.write(f"pretrained trunk: {pretrained}", file=sys.stderr)
-    frozen = _freeze(model, s["freeze_stages"]) if pretrained is not None else None
-    train_set = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size, pool=s["clip_pool"],
-                             mode=s["mode"])  # fmt: skip
+    frozen = _freeze(model, s["freeze_stages"]) if pretrained is not None or s["init_from"] else None
+    cache_grids = s["cache_grids"] and frozen is not None and s["freeze_stages"] >= len(s["stage_widths"])
+    assert cache_grids or not s["cache_grids"], "cache_grids needs every stage fixed (freeze_stages) after pretraining or init_from"
+    clips = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size, pool=s["clip_pool"],
+                        mode=s["mode"], keep=not cache_grids)  # fmt: skip
+    train_set = GridClips(clips, model) if cache_grids else clips
     loader = DataLoader(
         train_set,
         batch_size=options.batch_size,
@@ -207,7 +246,10 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
         bar = tqdm(loader, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
         for clips, captions, spans in bar:
             clips, captions = clips.to(device), captions.to(device)  # [B, T, 3, H, W] + lengths, [B, L+1]
-            logits, attention, presence = model.forward_train(clips, captions[:, :-1])  # token t+1 from tokens <= t
+            if cache_grids:  # "frames" are the cached trunk grids [B, T, C, h, w]
+                logits, attention, presence = model.forward_train_grids(clips.frames, clips.lengths, captions[:, :-1])
+            else:
+                logits, attention, presence = model.forward_train(clips, captions[:, :-1])  # token t+1 from tokens <= t
             # label mode: the class token (position 0) attends to the action's frames
             loss, ce = action_loss(logits, captions[:, 1:], attention, vocab.pad_id, spans, s["attention_supervision"],
                                    words_per_action=2 if label_mode else 4)  # fmt: skip

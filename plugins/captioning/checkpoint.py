@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mmserve.plugins.artifacts import load_weights, read_config, save_model_artifacts
+from mmserve.plugins.artifacts import artifact_file, load_weights, read_task_config, save_model_artifacts
 from mmserve.plugins.captioning.model import Captioner, CaptionerConfig
 from mmserve.plugins.nn.vocab import Vocabulary
 
@@ -29,15 +29,8 @@ def save_captioner(model: Captioner, directory: Path, training: dict[str, Any], 
 def load_captioner(artifact_dir: Path, device: torch.device | str = "cpu") -> Captioner:
     """Build a Captioner from an artifact directory, in eval mode on `device`."""
     artifact_dir = Path(artifact_dir)
-    config = read_config(artifact_dir)
-    task, version = config.get("task"), config.get("format_version")
-    if task != "captioning" or version != FORMAT_VERSION:
-        raise ValueError(
-            f"{artifact_dir} is not a captioning artifact of format {FORMAT_VERSION}: task {task!r}, format {version!r}"
-        )
-    vocab_path = artifact_dir / VOCAB_FILE
-    if not vocab_path.is_file():
-        raise FileNotFoundError(f"model artifact {artifact_dir} has no {VOCAB_FILE}")
+    config = read_task_config(artifact_dir, "captioning", FORMAT_VERSION)
+    vocab_path = artifact_file(artifact_dir, VOCAB_FILE)
     model_config = CaptionerConfig.from_dict(config)
     model_config.encoder.pretrained = False  # every weight comes from the artifact
     model = Captioner(model_config, Vocabulary.load(vocab_path))

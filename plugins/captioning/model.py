@@ -12,11 +12,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
 from mmserve.plugins.nn.heads import CategoricalHead
+from mmserve.plugins.nn.trunk import basic_trunk
 from mmserve.plugins.nn.vocab import Vocabulary
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,23 +81,7 @@ class ResNetTrunk(nn.Module):
         if c.trunk == "resnet18":
             self.body, self.out_channels = self._resnet18(c)
         else:
-            layers: list[nn.Module] = [
-                nn.Conv2d(3, c.stem_width, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c.stem_width),
-                nn.ReLU(inplace=True),
-            ]
-            width = c.stem_width
-            for out, stage_stride in zip(c.stage_widths, c.stage_strides):
-                for b in range(c.blocks_per_stage):
-                    stride = stage_stride if b == 0 else 1  # only a stage's first block may downsample
-                    downsample = None
-                    if stride != 1 or width != out:
-                        downsample = nn.Sequential(
-                            nn.Conv2d(width, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
-                        )
-                    layers.append(BasicBlock(width, out, stride=stride, downsample=downsample))
-                    width = out
-            self.body, self.out_channels = nn.Sequential(*layers), width
+            self.body, self.out_channels = basic_trunk(c.stem_width, c.stage_widths, c.stage_strides, c.blocks_per_stage)
 
     @staticmethod
     def _resnet18(c: EncoderConfig) -> tuple[nn.Module, int]:

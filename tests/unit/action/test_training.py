@@ -14,7 +14,15 @@ from mmserve.plugins.action.model import ClipEncoderConfig, FrameCNN
 from mmserve.plugins.action.pretrain import NOTHING, frame_targets, pretrain_trunk
 from mmserve.plugins.action.render import centre_of_mass, render_actor, render_clip
 from mmserve.plugins.action.task import describe
-from mmserve.plugins.action.train import _freeze, _train_mode, build_model, resolve_settings, train_recognizer
+from mmserve.plugins.action.train import (
+    GridClips,
+    _freeze,
+    _train_mode,
+    build_model,
+    resolve_settings,
+    train_recognizer,
+)
+from mmserve.plugins.artifacts import load_weights
 from mmserve.plugins.nn.search import DecodeResult, greedy_decode
 from mmserve.plugins.task import TrainOptions
 from mmserve.plugins.tracking import MemoryRunLogger
@@ -136,3 +144,25 @@ def test_label_mode_trains_scores_and_serves_one_class_with_its_span(tmp_path):
     assert out["caption"] == "moves left" and out["tokens"] == ["moves_left"]
     assert out["actions"][0]["subject"] is None and out["actions"][0]["end_s"] > out["actions"][0]["start_s"]
     assert isinstance(describe(result, model, include_attention=True)["actions"], list)
+
+
+def test_cached_trunk_grids_give_the_same_forward_as_frames(tmp_path):
+    extra = {**TINY, "train_clips": 4, "val_clips": 2, "eval_every": 1}
+    train_recognizer(TrainOptions(output_dir=tmp_path / "first", epochs=1, batch_size=2, max_steps=1, extra=extra), MemoryRunLogger())
+    model = build_model(resolve_settings(TINY), VOCAB)
+    load_weights(tmp_path / "first", model)
+    model.eval()
+    clips = ActionClips("train", 2, VOCAB, seed=0, pool=1, keep=False)
+    grids = GridClips(clips, model)
+    (grid, ids, _), (grid_b, ids_b, _) = grids[0], grids[1]
+    assert grid.dtype == torch.float16 and grids[0][0] is grid  # computed once
+    lengths = torch.tensor([len(grid), len(grid_b)])
+    captions = torch.nn.utils.rnn.pad_sequence([ids, ids_b], batch_first=True, padding_value=VOCAB.pad_id)
+    from_grids = model.forward_train_grids(model.collate([grid, grid_b]).frames, lengths, captions[:, :-1])
+    from_frames = model.forward_train(model.collate([clips.frames(0), clips.frames(1)]), captions[:, :-1])
+    torch.testing.assert_close(from_grids[0], from_frames[0], atol=2e-2, rtol=1e-2)  # fp16 grids
+    # and the training loop runs on them, from an artifact, with every stage fixed
+    extra = {**extra, "init_from": str(tmp_path / "first"), "freeze_stages": 2, "cache_grids": True}
+    result = train_recognizer(TrainOptions(output_dir=tmp_path / "second", epochs=2, batch_size=2, max_steps=3, extra=extra),
+                              MemoryRunLogger())  # fmt: skip
+    assert result.metrics["steps_done"] == 3
