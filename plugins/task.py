@@ -145,9 +145,10 @@ class Task(ABC):
         `Accept: application/json` still gets the JSON."""
         return None
 
-    def v2_input(self, name: str, value: np.ndarray) -> tuple[bytes, str | None]:
+    def v2_input(self, name: str, value: np.ndarray, parameters: dict[str, Any] | None = None) -> tuple[bytes, str | None]:
         """One batch row of a numeric v2 input (a non-BYTES entry of `v2_inputs`) as the bytes
-        and content type `preprocess` takes; raise InputError for values it cannot take."""
+        and content type `preprocess` takes; raise InputError for values it cannot take.
+        `parameters` are the input tensor's own (e.g. speech's WAVEFORM `sample_rate`)."""
         raise InputError(f"task {self.name!r} takes no numeric v2 input {name!r}")
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:

@@ -75,10 +75,10 @@ class ActionTask(Task):
         assert isinstance(model, ActionRecognizer), f"action needs an ActionRecognizer, got {type(model).__name__}"
         return describe(result, model, include_attention, frame_times=context)
 
-    def v2_input(self, name: str, value: np.ndarray) -> tuple[bytes, str | None]:
+    def v2_input(self, name: str, value: np.ndarray, parameters: dict[str, Any] | None = None) -> tuple[bytes, str | None]:
         """FRAMES: one clip's uint8 [T, H, W, 3] -> the raw-frames bytes preprocess takes."""
         if name != "FRAMES":
-            return super().v2_input(name, value)
+            return super().v2_input(name, value, parameters)
         return frames_to_bytes(value), FRAMES_CONTENT_TYPE
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:

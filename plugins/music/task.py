@@ -197,10 +197,10 @@ class MusicTask(Task):
 
         return on_token
 
-    def v2_input(self, name: str, value: np.ndarray) -> tuple[bytes, str | None]:
+    def v2_input(self, name: str, value: np.ndarray, parameters: dict[str, Any] | None = None) -> tuple[bytes, str | None]:
         """NOTES [steps, voices] INT32 -> the JSON pitch lists preprocess takes (-1: silent)."""
         if name != "NOTES":
-            return super().v2_input(name, value)
+            return super().v2_input(name, value, parameters)
         if value.ndim != 2:
             raise InputError(f"NOTES must be [steps, voices] per request (shape [N, steps, voices]), got {list(value.shape)} per request")
         steps = [[int(p) for p in row if p >= 0] for row in value]

@@ -4,8 +4,9 @@ extension, so `tritonclient.http` works unmodified.
 Every served task is a v2 model named after the task; its version is the served model version.
 
 Inputs. A request sends one of the task's `v2_inputs`: its BYTES input, or a numeric one
-(e.g. music's NOTES INT32 [N, steps, voices]) whose rows `Task.v2_input` turns into the bytes
-preprocess takes. The first dimension is the batch: shape [N] (or [N, 1]) holds N independent
+(e.g. music's NOTES INT32 [N, steps, voices], speech's WAVEFORM FP32 [N, samples] with a
+`sample_rate` parameter) whose rows `Task.v2_input` turns, with the input's parameters, into
+the bytes preprocess takes. The first dimension is the batch: shape [N] (or [N, 1]) holds N independent
 BYTES inputs. Each is preprocessed and decoded as its own request, all submitted at once so the
 engine batches them; every output has N rows.
 
@@ -370,7 +371,10 @@ def _array_items(task: Task, spec: TensorSpec, tensor: dict[str, Any], chunk: by
     except CodecError as exc:
         raise CodecError(f"input {spec.name!r}: {exc}") from None
     assert isinstance(array, np.ndarray), f"{spec.datatype} decodes to an array"
-    return [task.v2_input(spec.name, array[i]) for i in range(shape[0])]
+    # The input's own parameters (e.g. a waveform's sample_rate) go to the task, less the wire's.
+    params = json_object(tensor.get("parameters"), f"parameters of input {spec.name!r}")
+    params = {k: v for k, v in params.items() if k != "binary_data_size"}
+    return [task.v2_input(spec.name, array[i], params) for i in range(shape[0])]
 
 
 def _check_batch_shape(name: str, shape: Any) -> None:
