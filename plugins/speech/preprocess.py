@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import functools
+import struct
+from typing import Any
 
+import numpy as np
 import torch
 
+from mmserve.plugins.errors import InputError
 from mmserve.plugins.media import decode_audio
+from mmserve.plugins.media.audio import MAX_SAMPLE_RATE
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
 from mmserve.plugins.task import InputLimits
 
@@ -35,3 +40,23 @@ def audio_bytes_to_features(data: bytes, content_type: str | None, config: Featu
         max_duration_s=limits.max_duration_s,
     )  # fmt: skip
     return featurize(wave, config)
+
+
+def waveform_to_wav(samples: np.ndarray, parameters: dict[str, Any] | None, default_rate: int) -> bytes:
+    """An FP32 waveform [N] (the v2 WAVEFORM input) with its `sample_rate` parameter (default:
+    the model's rate) -> a 32-bit float WAV, which preprocessing then treats like any upload
+    (resampling, duration and size limits). InputError for a wrong shape, rate or value."""
+    rate = (parameters or {}).get("sample_rate", default_rate)
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)
+    if not isinstance(rate, int) or isinstance(rate, bool) or not 1 <= rate <= MAX_SAMPLE_RATE:
+        raise InputError(f"WAVEFORM's sample_rate parameter must be a whole number of Hz from 1 to {MAX_SAMPLE_RATE}, got {rate!r}")
+    if samples.ndim != 1 or samples.shape[0] == 0:
+        raise InputError(f"WAVEFORM must be [N, samples] with samples >= 1 (one mono waveform per row), got {list(samples.shape)} per row")
+    if not np.isfinite(samples).all():
+        raise InputError("WAVEFORM holds NaN or infinite samples")
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    # RIFF header, format 3 (IEEE float), mono, 32 bits a sample.
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    return b"".join([b"RIFF", struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)), b"WAVE",
+                     b"fmt ", struct.pack("<I", len(fmt)), fmt, b"data", struct.pack("<I", len(data)), data])  # fmt: skip

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmserve.plugins.nn.contract import EncoderDecoder
 from mmserve.plugins.nn.search import DecodeResult
 from mmserve.plugins.speech.checkpoint import load_speech_model
+from mmserve.plugins.speech.features import FeatureConfig
 from mmserve.plugins.speech.model import ListenAttendSpell
-from mmserve.plugins.speech.preprocess import CONTENT_TYPES, audio_bytes_to_features
+from mmserve.plugins.speech.preprocess import CONTENT_TYPES, audio_bytes_to_features, waveform_to_wav
 from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SAMPLE_RATE = FeatureConfig().sample_rate  # a WAVEFORM without a sample_rate parameter is at this rate
 
 
 class SpeechTask(Task):
@@ -25,7 +28,8 @@ class SpeechTask(Task):
         "espeak-ng speech). Any sample rate or channel count; WAV, FLAC, OGG/Opus, MP3, WebM or M4A."
     )
     content_types = CONTENT_TYPES
-    v2_inputs = (TensorSpec("AUDIO", "BYTES", (1,)),)
+    # AUDIO: an encoded file per row; WAVEFORM: FP32 samples per row, `sample_rate` parameter (default 16000).
+    v2_inputs = (TensorSpec("AUDIO", "BYTES", (1,)), TensorSpec("WAVEFORM", "FP32", (1, -1)))
     v2_outputs = (TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("SCORE", "FP32", (1,)))
     default_max_length = 400  # characters: about 25 s of fast speech
     # Serves OpenAI-compatible `POST /v1/audio/transcriptions` too (server/http/routes_openai.py).
@@ -57,6 +61,12 @@ class SpeechTask(Task):
         if include_attention and result.attention is not None:
             output["attention"] = [[round(v, 4) for v in row] for row in result.attention.float().tolist()]
         return output
+
+    def v2_input(self, name: str, value: np.ndarray, parameters: dict[str, Any] | None = None) -> tuple[bytes, str | None]:
+        """WAVEFORM: one row of FP32 samples at `sample_rate` Hz -> a float WAV for preprocess."""
+        if name != "WAVEFORM":
+            return super().v2_input(name, value, parameters)
+        return waveform_to_wav(value, parameters, SAMPLE_RATE), "audio/wav"
 
     def to_v2_outputs(self, output: dict[str, Any]) -> dict[str, Any]:
         return {"TEXT": output["text"], "SCORE": float(output["score"])}

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import torchaudio
 
 from mmserve.plugins.nn.search import greedy_decode
 from mmserve.plugins.speech import data
@@ -154,6 +155,31 @@ def test_tritonclient_audio_bytes(base):
     text = result.as_numpy("TEXT")[0]
     text = text.decode() if isinstance(text, bytes) else text
     assert text == offline(CLIPS[0][0], "audio/wav")
+
+
+def test_tritonclient_fp32_waveform_with_sample_rate(base):
+    """WAVEFORM FP32 [1, N] plus its sample_rate parameter: the samples themselves, no file."""
+    import tritonclient.http as http
+
+    voice = data.Voice(data.voices("test")[5], 160, 50, 100)
+    samples = data.synthesize(SENTENCES[1], voice)  # 16 kHz
+    at_22k = torchaudio.functional.resample(torch.from_numpy(samples), 16000, 22050).numpy().astype(np.float32)
+    client = http.InferenceServerClient(base.removeprefix("http://"))
+    inputs = {i["name"]: i for i in client.get_model_metadata("speech")["inputs"]}
+    assert inputs["WAVEFORM"] == {"name": "WAVEFORM", "datatype": "FP32", "shape": [-1, -1]}
+    tensor = http.InferInput("WAVEFORM", [1, len(at_22k)], "FP32")
+    tensor.set_data_from_numpy(at_22k[None], binary_data=True)
+    tensor._parameters["sample_rate"] = 22050  # tritonclient has no public setter for input parameters
+    result = client.infer("speech", [tensor], outputs=[http.InferRequestedOutput("TEXT", binary_data=False)])
+    text = result.as_numpy("TEXT")[0]
+    text = text.decode() if isinstance(text, bytes) else text
+    audio, mime = SpeechTask().v2_input("WAVEFORM", at_22k, {"sample_rate": 22050})
+    assert text == offline(audio, mime)
+    # A bad rate is a 400 that names the parameter.
+    body = {"inputs": [{"name": "WAVEFORM", "datatype": "FP32", "shape": [1, 3], "data": [0.0, 0.1, 0.2],
+                        "parameters": {"sample_rate": -5}}]}  # fmt: skip
+    response = httpx.post(f"{base}/v2/models/speech/infer", json=body, timeout=30)
+    assert response.status_code == 400 and "sample_rate" in response.json()["error"]
 
 
 def test_bad_audio_is_a_clear_4xx_and_silence_is_not_an_error(base):

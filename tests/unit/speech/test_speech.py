@@ -14,7 +14,7 @@ from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for
 from mmserve.plugins.speech.model import ctc_loss, guided_attention_loss, memory_lengths, speech_loss
-from mmserve.plugins.speech.preprocess import audio_bytes_to_features
+from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
 from mmserve.plugins.speech.task import SpeechTask, word_times
 from mmserve.plugins.speech.text import char_vocabulary, decode_chars, encode_chars, normalize_text
 from mmserve.plugins.speech.train import build_model, length_batches, pad_targets, resolve_settings, spec_augment
@@ -183,6 +183,37 @@ def test_preprocess_resamples_and_downmixes_any_upload():
         audio_bytes_to_features(b"RIFF0000WAVEjunk", "audio/wav", model.config.features, InputLimits())
     with pytest.raises(PayloadTooLarge, match="0.5"):
         audio_bytes_to_features(wav, "audio/wav", model.config.features, InputLimits(max_duration_s=0.2))
+
+
+def test_v2_waveform_becomes_a_float_wav_at_its_rate():
+    config = FeatureConfig(n_mels=40)
+    wave = (0.5 * np.sin(np.arange(22050) * 2 * np.pi * 440 / 22050)).astype(np.float32)  # 1 s at 22.05 kHz
+    task = SpeechTask()
+    audio, mime = task.v2_input("WAVEFORM", wave, {"sample_rate": 22050})
+    decoded = audio_bytes_to_features(audio, mime, config, InputLimits())
+    assert decoded.shape == (frames_for(16000, config), 40)  # resampled to 16 kHz
+    from mmserve.plugins.media import decode_audio
+
+    samples = decode_audio(audio, mime, sample_rate=22050, max_upload_bytes=10**7, max_duration_s=60)
+    np.testing.assert_allclose(samples.numpy(), wave, atol=1e-6)  # float samples kept exactly
+    assert len(waveform_to_wav(wave[:160], None, 16000)) == 44 + 160 * 4  # default rate, 32-bit samples
+
+
+@pytest.mark.parametrize(
+    "value, parameters",
+    [(np.zeros((2, 10), np.float32), {}), (np.zeros(0, np.float32), {}), (np.array([0.0, np.nan], np.float32), {}),
+     (np.zeros(10, np.float32), {"sample_rate": 0}), (np.zeros(10, np.float32), {"sample_rate": "16k"}),
+     (np.zeros(10, np.float32), {"sample_rate": True})],
+)  # fmt: skip
+def test_v2_waveform_refuses_bad_shapes_rates_and_values(value, parameters):
+    with pytest.raises(InputError):
+        SpeechTask().v2_input("WAVEFORM", value, parameters)
+
+
+def test_v2_waveform_over_the_duration_limit_is_413_naming_it():
+    audio, mime = SpeechTask().v2_input("WAVEFORM", np.zeros(8000 * 5, np.float32), {"sample_rate": 8000})
+    with pytest.raises(PayloadTooLarge, match="5.00 s"):
+        audio_bytes_to_features(audio, mime, FeatureConfig(), InputLimits(max_duration_s=2.0))
 
 
 def test_postprocess_gives_text_characters_and_word_times():
