@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mmserve.plugins.handwriting import SPLITS, digit_bank, split_samples
-from mmserve.plugins.media import image_to_tensor
+from mmserve.plugins.media import fit_to_canvas, image_to_tensor
 from mmserve.plugins.nn.vocab import Vocabulary
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -211,10 +211,13 @@ class DigitScenes(Dataset):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         seed: int = 0,
         max_digits: int = 4,
+        augment: float = 0.0,
     ):
         assert split in SPLITS, f"split must be one of {SPLITS}, got {split!r}"
         assert size > 0, f"size must be positive, got {size}"
+        assert 0.0 <= augment <= 1.0, f"augment is a probability, got {augment}"
         self.split, self.size, self.vocab, self.seed, self.max_digits = split, size, vocab, seed, max_digits
+        self.augment = augment  # share of scenes drawn at another size / canvas (augment.augmented_pixels)
         self.image_size, self.mean, self.std = tuple(image_size), tuple(mean), tuple(std)
         self.epoch = 0
 
@@ -227,13 +230,25 @@ class DigitScenes(Dataset):
     def scene(self, index: int) -> Scene:
         return sample_scene(self.split, index, self.seed, self.epoch, self.max_digits)
 
+    def pixels(self, index: int) -> np.ndarray:
+        """The scene's picture: as drawn for the canvas, or (a share `augment` of scenes, fixed
+        per seed, epoch and index) at another size, canvas shape and background."""
+        scene = self.scene(index)
+        if self.augment > 0:
+            rng = np.random.default_rng([self.seed, SPLITS.index(self.split), self.epoch, index, 1])
+            if rng.random() < self.augment:
+                from mmserve.plugins.captioning.augment import augmented_pixels  # it imports this module
+
+                return augmented_pixels(scene, rng)
+        return render_scene(scene)
+
     def image(self, index: int) -> torch.Tensor:
-        return image_to_tensor(render_scene(self.scene(index)), self.image_size, self.mean, self.std)
+        # The served preprocessing (aspect kept); a canvas-sized picture passes through unchanged.
+        return image_to_tensor(fit_to_canvas(self.pixels(index), self.image_size), self.image_size, self.mean, self.std)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         scene = self.scene(index)
-        image = image_to_tensor(render_scene(scene), self.image_size, self.mean, self.std)
-        return image, encode_caption(self.vocab, scene.references()[scene.train_template])
+        return self.image(index), encode_caption(self.vocab, scene.references()[scene.train_template])
 
 
 def collate_captions(

@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mmserve.plugins.captioning.augment import square_2x
 from mmserve.plugins.captioning.checkpoint import load_captioner
 from mmserve.plugins.captioning.data import DigitScenes, digit_words, normalize_caption, sample_scene
 from mmserve.plugins.captioning.model import Captioner
+from mmserve.plugins.media import fit_to_canvas, image_to_tensor
 from mmserve.plugins.nn.search import greedy_decode
 from mmserve.plugins.tracking import RunLogger
 
@@ -106,6 +108,24 @@ def evaluate_on_scenes(
     return metrics, captions
 
 
+def evaluate_square_2x(model: Captioner, test_scenes: int = TEST_SCENES, progress: bool = False) -> dict[str, float]:
+    """Digit accuracy on the test scenes drawn at twice their size on a square canvas, read
+    through the served preprocessing (aspect kept) and, for comparison, stretched to the
+    model's input size (the preprocessing before letterboxing)."""
+    enc = model.config.encoder
+    pictures = [square_2x(sample_scene("test", i, TEST_SEED)) for i in range(test_scenes)]
+    labels = [sample_scene("test", i, TEST_SEED).labels for i in range(test_scenes)]
+    served = torch.stack([image_to_tensor(fit_to_canvas(p, enc.image_size), enc.image_size, enc.mean, enc.std)
+                          for p in pictures])  # fmt: skip
+    stretched = torch.stack([image_to_tensor(p, enc.image_size, enc.mean, enc.std) for p in pictures])
+    return {
+        "square2x_digit_accuracy": digit_accuracy(caption_batches(model, served, progress=progress,
+                                                                  desc="2x square"), labels),
+        "square2x_stretched_digit_accuracy": digit_accuracy(caption_batches(model, stretched, progress=progress,
+                                                                            desc="2x square, stretched"), labels),
+    }  # fmt: skip
+
+
 def evaluate_artifact(
     artifact_dir: Path,
     logger: RunLogger,
@@ -116,7 +136,10 @@ def evaluate_artifact(
 ) -> dict[str, float]:
     """Load an artifact directory and score it on the digit-scenes test split."""
     model = load_captioner(Path(artifact_dir), torch.device(device))
-    return evaluate_test_split(model, logger, test_scenes, baseline_train_scenes, progress)
+    metrics = evaluate_test_split(model, logger, test_scenes, baseline_train_scenes, progress)
+    robustness = evaluate_square_2x(model, test_scenes, progress)
+    logger.log_metrics({f"test_{k}": v for k, v in robustness.items()})
+    return {**metrics, **robustness}
 
 
 def evaluate_test_split(

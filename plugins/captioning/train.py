@@ -17,12 +17,14 @@ import math
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from mmserve.plugins.artifacts import load_weights
 from mmserve.plugins.captioning.checkpoint import save_captioner
 from mmserve.plugins.captioning.data import DigitScenes, collate_captions, render_scene, scene_vocabulary
 from mmserve.plugins.captioning.evaluate import (
@@ -82,6 +84,11 @@ DEFAULTS: dict[str, Any] = {
     "fp16": False,  # store weights as fp16 (halves the artifact)
     "progress": True,  # tqdm bars
     "attention_plots": 3,
+    # robustness: share of training scenes drawn at another size / canvas shape / background
+    # (augment.augmented_pixels); 0 reproduces the original recipe
+    "augment": 0.0,
+    "init_from": "",  # an artifact directory to fine-tune from (same architecture)
+    "time_budget_minutes": 0.0,  # stop training after this long (0: no limit)
 }
 
 
@@ -176,11 +183,14 @@ def train_captioner(options: TrainOptions, logger: RunLogger) -> TrainResult:
     torch.manual_seed(options.seed)
     device = torch.device(options.device)
     vocab = scene_vocabulary()
-    model = build_model(s, vocab).to(device)
+    model = build_model(s, vocab)
+    if s["init_from"]:
+        load_weights(Path(s["init_from"]), model)  # strict: the architecture must match
+    model = model.to(device)
     enc = model.config.encoder
     scenes = partial(DigitScenes, vocab=vocab, image_size=enc.image_size, mean=enc.mean, std=enc.std,
                      seed=options.seed, max_digits=s["max_digits"])  # fmt: skip
-    train_set, val_set = scenes("train", s["train_scenes"]), scenes("val", s["val_scenes"])
+    train_set, val_set = scenes("train", s["train_scenes"], augment=s["augment"]), scenes("val", s["val_scenes"])
     loader = DataLoader(
         train_set,
         batch_size=options.batch_size,
@@ -210,6 +220,10 @@ def train_captioner(options: TrainOptions, logger: RunLogger) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history: list[dict[str, float]] = []
     step, started = 0, time.monotonic()
+    budget_s = s["time_budget_minutes"] * 60.0
+
+    def out_of_time() -> bool:
+        return budget_s > 0 and time.monotonic() - started > budget_s
     for epoch in range(1, options.epochs + 1):
         train_set.set_epoch(epoch - 1)  # fresh layouts (same handwriting pool) every epoch
         model.train()
@@ -227,7 +241,7 @@ def train_captioner(options: TrainOptions, logger: RunLogger) -> TrainResult:
             step += 1
             running, seen = running + ce.item() * len(images), seen + len(images)
             bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step >= total_steps:
+            if step >= total_steps or out_of_time():
                 break
         val_metrics, val_captions = validate(model, val_set, s["attention_penalty"])
         row = {"epoch": epoch, "train_loss": running / max(seen, 1), **val_metrics}
@@ -239,7 +253,7 @@ def train_captioner(options: TrainOptions, logger: RunLogger) -> TrainResult:
             # stderr, like the bars: stdout stays clean for callers that print JSON results.
             line = ", ".join(f"{k} {v:.4g}" for k, v in row.items()) + f", {time.monotonic() - started:.0f}s"
             tqdm.write(line, file=sys.stderr)
-        if step >= total_steps:
+        if step >= total_steps or out_of_time():
             break
     wall = time.monotonic() - started
 

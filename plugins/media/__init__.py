@@ -14,6 +14,7 @@ from mmserve.plugins.media.image import (
     image_to_tensor,
     sniff_media_type,
 )
+from mmserve.plugins.media.letterbox import fit_to_canvas
 from mmserve.plugins.media.video import VideoInfo, decode_video
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "decode_image",
     "decode_video",
     "describe_bytes",
+    "fit_to_canvas",
     "image_to_tensor",
     "sniff_media_type",
 ]
