@@ -82,6 +82,8 @@ class Task(ABC):
     description: str = ""
     # MIME types accepted for uploads, e.g. ("image/png", "image/jpeg").
     content_types: tuple[str, ...] = ()
+    # MIME types `binary_response` can answer with (documented in OpenAPI), e.g. ("audio/midi",).
+    binary_media_types: tuple[str, ...] = ()
     # Open Inference Protocol metadata for /v2/models/<name>.
     v2_inputs: tuple[TensorSpec, ...] = ()
     v2_outputs: tuple[TensorSpec, ...] = ()

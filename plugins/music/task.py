@@ -56,6 +56,7 @@ class MusicTask(Task):
         "options mode, length (time steps), tempo, format (json | midi | wav | png)."
     )
     content_types = CONTENT_TYPES
+    binary_media_types = ("audio/midi", "audio/wav", "image/png")  # format=midi | wav | png
     # PRIMER: a MIDI file (or JSON pitch lists); NOTES: time steps x voices of MIDI pitches, -1
     # for a silent voice (as in Jsb16thSeparated), sent as [N, steps, voices] for N requests.
     v2_inputs = (TensorSpec("PRIMER", "BYTES", (1,)), TensorSpec("NOTES", "INT32", (-1, -1)))
