@@ -74,6 +74,9 @@ def _add_task_route(app: FastAPI, inference: Inference, service: TaskService) ->
         "with its Content-Type. Decoding parameters go in the query string, form fields or JSON.",
         tags=["tasks"],
         openapi_extra=_openapi_body(service),
+        # Files a task answers with (music's format=midi | wav | png), beside JSON and events.
+        responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                     for t in service.task.binary_media_types}}},  # fmt: skip
     )
 
 

@@ -1,9 +1,10 @@
 """Fuzz every route of the server's own OpenAPI document with schemathesis (in-process, ASGI).
 
 Checks on every answer: no server error (5xx), the status code is documented, the body
-conforms to the documented schema and content type. Tasks served: captioning (the built-in
-reference plugin), echo, a task with its own options (repeat), and a transcribing task
-(scribe) so the OpenAI-compatible route is fuzzed too.
+conforms to the documented schema and content type (music's binary answers included). Tasks
+served: the built-in captioning, speech, action and music (so the OpenAI-compatible
+transcription route reaches the real speech model), echo, a task with its own options
+(repeat), and a transcribing fixture task (scribe).
 
 Budget: MMSERVE_FUZZ_EXAMPLES examples per operation (hypothesis' upper bound; simple
 operations need fewer). CI runs the default (a few hundred cases, deterministic);
@@ -45,7 +46,7 @@ FAILED_OPERATIONS: list[str] = []
 def fuzz_app(tmp_path_factory):
     settings_ = Settings(
         data_dir=tmp_path_factory.mktemp("fuzz"),
-        plugins=["captioning"],
+        plugins=["captioning", "speech", "action", "music"],
         plugin_modules=PLUGIN_MODULES,
         max_upload_bytes=64 * 1024,
         model_poll_interval_s=0,
@@ -61,7 +62,9 @@ def test_every_route_answers_as_documented(fuzz_app):
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 15, [op.label for op in operations]
+    assert len(operations) >= 18, [op.label for op in operations]
+    routes = {op.path for op in operations}
+    assert {"/v1/speech", "/v1/action", "/v1/music", "/v1/audio/transcriptions"} <= routes, sorted(routes)
     for operation in operations:
         try:
             _fuzz(operation, fuzz_app)
