@@ -188,6 +188,39 @@ def test_a_killed_replica_is_replaced(ray_server):
         assert response.json()["text"] == f"AFTER {i}"
 
 
+def test_a_replica_killed_under_load_loses_no_request(ray_server):
+    """Requests the victim had accepted are retried once on the other replica or answered with
+    an error (503 + Retry-After); none hangs, and new requests succeed."""
+    import asyncio
+
+    victim = _tasks(ray_server)["echo"]["replicas"][0]
+    texts = [f"{i:03d} " + "load " * 20 for i in range(400)]  # ~100 decode steps each
+
+    async def one(client: httpx.AsyncClient, text: str) -> tuple[str, int, str, str | None]:
+        response = await client.post(f"{ray_server}/v1/echo?max_length=128", content=text.encode(), headers=TEXT)
+        body = response.json()
+        return text, response.status_code, body.get("text") or body.get("error", ""), response.headers.get("retry-after")
+
+    async def load() -> list:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(90.0), limits=httpx.Limits(max_connections=48)) as client:
+            calls = [asyncio.ensure_future(one(client, t)) for t in texts]
+            await asyncio.sleep(1.5)  # requests are spread over both replicas and decoding
+            os.kill(victim["pid"], signal.SIGKILL)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = asyncio.run(load())
+    hung = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not hung, f"{len(hung)} requests got no answer: {hung[:3]}"
+    ok = [o for o in outcomes if o[1] == 200]
+    assert all(answer == text.upper() for text, _, answer, _ in ok), "a retried request came back wrong"
+    failed = [o for o in outcomes if o[1] != 200]
+    assert all(status == 503 and retry_after for _, status, _, retry_after in failed), failed[:3]
+    assert len(ok) > len(texts) // 2, f"only {len(ok)} of {len(texts)} answered 200: {failed[:3]}"
+    for i in range(20):  # new requests succeed (the survivor serves while Serve replaces the victim)
+        response = httpx.post(f"{ray_server}/v1/echo", content=f"new {i}".encode(), headers=TEXT, timeout=60)
+        assert response.status_code == 200 and response.json()["text"] == f"NEW {i}", response.text
+
+
 def test_open_inference_protocol_works_through_replicas(ray_server):
     assert httpx.get(f"{ray_server}/v2/models/echo/ready", timeout=30).status_code == 200
     body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], "data": ["ab", "cd"]}]}
