@@ -76,6 +76,7 @@ train-music: install
 	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights --epochs 300 --batch-size 32 --lr 1.5e-3 --set init_from=/tmp/mmserve-music-serial --set time_budget_minutes=12
 	$(BIN)/mmserve train music --no-register --output-dir /tmp/mmserve-music-bernoulli --epochs 300 --batch-size 32 --lr 3e-3 --set head=bernoulli --set time_budget_minutes=35
 	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights/bernoulli --epochs 300 --batch-size 32 --lr 3e-3 --set head=bernoulli --set init_from=/tmp/mmserve-music-bernoulli --set time_budget_minutes=18
+	$(BIN)/mmserve train music --no-register --output-dir plugins/music/weights/bernoulli --epochs 300 --batch-size 32 --lr 1e-3 --set head=bernoulli --set init_from=plugins/music/weights/bernoulli --set dropout=0.1 --set time_budget_minutes=25
 
 # The harmonisation model served by mode=harmonize (soprano -> alto/tenor/bass, 16th notes):
 # small (322k parameters, 0.65 MB in fp16), 27-minute budget on one thread.
