@@ -161,8 +161,9 @@ def evaluate_test_split(
 
 
 def evaluate_artifact(artifact_dir: Path, logger: RunLogger, device: str = "cpu", clips: int = TEST_CLIPS,
-                      write_metrics: bool = True) -> dict[str, float]:  # fmt: skip
-    """Load an artifact directory, score it on the test split and write its metrics.json."""
+                      write_metrics: bool = False) -> dict[str, float]:  # fmt: skip
+    """Load an artifact directory and score it on the test split; `write_metrics` also writes
+    its metrics.json (`mmserve eval --write-metrics` does that for the CLI)."""
     model = load_recognizer(Path(artifact_dir), torch.device(device))
     baseline = None if Path(artifact_dir).resolve() == BASELINE_DIR.resolve() else BASELINE_DIR
     metrics = evaluate_test_split(model, logger, clips, baseline_dir=baseline)

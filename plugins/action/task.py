@@ -25,6 +25,8 @@ from mmserve.plugins.task import InputLimits, Prepared, Task, TensorSpec, TrainO
 from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# The single-label (mode="label") demo model: serve it by registering this directory for the task.
+LABEL_WEIGHTS_DIR = Path(__file__).resolve().parent / "label"
 
 
 class SamplingOptions(BaseModel):

@@ -166,3 +166,17 @@ def test_cached_trunk_grids_give_the_same_forward_as_frames(tmp_path):
     result = train_recognizer(TrainOptions(output_dir=tmp_path / "second", epochs=2, batch_size=2, max_steps=3, extra=extra),
                               MemoryRunLogger())  # fmt: skip
     assert result.metrics["steps_done"] == 3
+
+
+def test_bundled_single_label_model_names_one_action_with_a_span():
+    from mmserve.plugins.action.task import LABEL_WEIGHTS_DIR
+
+    model = load_recognizer(LABEL_WEIGHTS_DIR)
+    assert model.config.mode == "label"
+    assert sum(f.stat().st_size for f in LABEL_WEIGHTS_DIR.iterdir()) < 10 * 1024 * 1024
+    metrics = json.loads((LABEL_WEIGHTS_DIR / "metrics.json").read_text())
+    assert metrics["test_label_accuracy"] > metrics["test_baseline_most_frequent_label_accuracy"]
+    clip = render_clip(sample_clip("test", 0, num_actions=1))
+    out = describe(greedy_decode(model, model.encode(model.collate([clip])), 4)[0], model, include_attention=False)
+    assert len(out["actions"]) == 1 and out["caption"].replace(" ", "_") in ACTION_LABELS
+    assert out["actions"][0]["subject"] is None and out["actions"][0]["end_s"] > out["actions"][0]["start_s"]
