@@ -20,7 +20,7 @@ def client(tmp_path_factory):
         data_dir=tmp_path_factory.mktemp("http-data"),
         plugins=["none"],
         plugin_modules=[ECHO_MODULE, "tests.fixtures.unloadable_model_plugin", "tests.fixtures.options_plugin"],
-        max_upload_bytes=2048,
+        max_upload_bytes=8192,  # above the echo task's own limit (4096), so that limit answers first
         max_output_length=64,
     )
     with TestClient(create_app(settings)) as client:
