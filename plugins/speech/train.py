@@ -1,10 +1,12 @@
 """Training recipe for the bundled speech model (Listen, Attend and Spell on espeak-ng speech).
 
-Label-smoothed cross-entropy plus CTC on the listener's 4x layer; SpecAugment (frequency and
-time masks) on every training utterance; dropout; Adam with warm-up and cosine decay;
-gradient clipping. Batches hold utterances of similar length (less padding). Each epoch logs
-train loss and the validation loss, CER and WER (greedy); the weights with the best
-validation WER are saved.
+First CTC on the listener's 4x layer alone (cheap steps: no speller), then label-smoothed
+cross-entropy plus CTC plus guided attention; optional SpecAugment (frequency and time masks)
+and dropout; Adam with warm-up and cosine decay; gradient clipping. Batches hold utterances of
+similar length (less padding); the speller's first epoch goes from short to long. Every
+`eval_every` steps and at each epoch's end the validation loss, CER and WER (greedy) are
+logged, and the weights with the best validation CER so far are written to the output
+directory at once. `init_from` continues from an artifact directory.
 
 Knobs live in `DEFAULTS`, overridden with `mmserve train speech --set key=value`.
 """
@@ -23,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from mmserve.plugins.nn.decoder import DecoderConfig
-from mmserve.plugins.speech.checkpoint import save_speech_model
+from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
 from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
 from mmserve.plugins.speech.evaluate import ctc_transcribe, error_rates, transcribe
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
@@ -47,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "val_clips": SPLIT_SIZES["val"],
     "test_clips": SPLIT_SIZES["test"],
     "data_workers": 4,  # espeak-ng subprocesses at once while generating
+    "init_from": "",  # an artifact directory to start from (same model settings), e.g. to continue a run
     # features and model
     "n_mels": 40,
     "conv_channels": 8,
@@ -189,7 +192,10 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     device = torch.device(options.device)
     sizes = {"train": s["train_clips"], "val": s["val_clips"], "test": s["test_clips"]}
     cache = build_cache(s["data_dir"] or default_cache_dir(), sizes, s["data_workers"], s["progress"])
-    model = build_model(s).to(device)
+    model = build_model(s)
+    if s["init_from"]:
+        model.load_state_dict(load_speech_model(s["init_from"]).state_dict())
+    model = model.to(device)
     featurizer = LogMel(model.config.features)
     train_clips = SpeechClips(split_dir(cache, "train", sizes))
     val_clips = SpeechClips(split_dir(cache, "val", sizes))
@@ -212,7 +218,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     schedule = partial(_lr_factor, total=total_steps, warmup=s["warmup_steps"], floor=s["min_lr_ratio"])
     budget_s = 60 * s["time_budget_minutes"]
     history: list[dict[str, float]] = []
-    best_wer: float | None = None
+    best_cer: float | None = None
     training = {k: v for k, v in params.items() if k not in ("task", "parameters")}
     step, started = 0, time.monotonic()
     pretrain_end: int | None = None  # the step the CTC pretraining ended at
@@ -232,7 +238,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     def checkpoint(epoch: int, running: float, seen: int, final: bool = False) -> None:
         # Validate; the best weights so far go to the output directory at once, so a run that
         # is stopped early still leaves usable weights.
-        nonlocal best_wer
+        nonlocal best_cer
         row: dict[str, float] = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1)}
         if pretraining() and not (final and not history):  # the speller is untrained: only the listener's CTC
             row.update(validate_ctc(model, val_x, val_texts))
@@ -240,8 +246,10 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             row.update(validate(model, val_x, val_texts, s))
             history.append(row)
         logger.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=step)
-        if "val_wer" in row and (best_wer is None or row["val_wer"] <= best_wer):
-            best_wer = row["val_wer"]
+        # Best by CER: while the speller still babbles, WER sits at or above 100 % whatever the
+        # progress (a garbled word counts as wrong), and selecting on it kept an early model.
+        if "val_cer" in row and (best_cer is None or row["val_cer"] <= best_cer):
+            best_cer = row["val_cer"]
             wall = round(time.monotonic() - started, 1)
             save_speech_model(model, options.output_dir, {**training, "steps": step, "wall_seconds": wall}, s["fp16"])
         # Always printed (logs of background runs), beside the progress bar when there is one.
@@ -290,7 +298,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     wall = time.monotonic() - started
     assert history, "no epoch ran"
     logger.log_text(json.dumps(history, indent=1), "history.json")
-    best_row = min(history, key=lambda r: r["val_wer"])
+    best_row = min(history, key=lambda r: r["val_cer"])
     metrics = {k: float(v) for k, v in best_row.items() if k not in ("epoch", "step")}
     metrics.update({"best_epoch": float(best_row["epoch"]), "best_step": float(best_row["step"]), "train_wall_seconds": wall,
                     "ctc_pretrain_steps_done": float(pretrain_end if pretrain_end is not None else step)})  # fmt: skip
