@@ -15,6 +15,7 @@ from mmserve.server import __version__
 from mmserve.server.http.auth import KEY_HEADER, ApiKeyAuth, load_api_keys
 from mmserve.server.http.body_limit import BodySizeLimit
 from mmserve.server.http.errors import install_error_handlers
+from mmserve.server.http.loop_lag import MAX_LOOP_LAG_S, LoopLagShedder
 from mmserve.server.http.openapi import install_openapi
 from mmserve.server.http.request_id import HEADER as REQUEST_ID_HEADER
 from mmserve.server.http.request_id import RequestId
@@ -76,6 +77,8 @@ def create_app(
             allow_headers=["Authorization", KEY_HEADER, "Content-Type", "Content-Encoding", REQUEST_ID_HEADER],
             expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Inference-Header-Content-Length"],
         )
+    # Inside RequestId (the 503 carries the id), outside everything else: no work before it.
+    app.add_middleware(LoopLagShedder, max_lag_s=MAX_LOOP_LAG_S)
     app.add_middleware(RequestId)  # outermost: every answer, 401 and 413 included, carries the id
     install_openapi(app, bool(api_keys), settings.auth_exempt_paths, models=list(runtime.services))
     return app
