@@ -282,16 +282,23 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         progress(f"capacity {capacity:.1f} req/s at c={args.concurrency} ({capacity_tally.ok} in {wall:.1f} s)")
         await asyncio.sleep(args.idle_s)
         before = resources(proc.pid)
+        before_metrics = await scrape(base)
         rate = args.factor * capacity
         progress(f"overload: {rate:.1f} req/s for {args.duration_s:.0f} s")
+        overflows = listen_overflows()
         sampler = asyncio.create_task(sample(proc.pid, args.sample_every_s))
+        client_lag = asyncio.create_task(loop_lag())
         tally, window, drain = await open_loop(
             base, all_routes, rate, args.duration_s, args.client_timeout_s, args.max_connections
         )
         sampler.cancel()
         samples = await _samples(sampler)
+        client_lag.cancel()
+        result["client_loop_lag_s"] = await _samples(client_lag)
         await asyncio.sleep(args.idle_s)
         after = resources(proc.pid)
+        result["server_view"] = await server_view(base, before_metrics)
+        result["server_view"]["listen_overflows"] = listen_overflows() - overflows
         result["overload"] = {"rate_rps": rate, "send_window_s": window, "drain_s": drain, **tally.summary(),
                               "answered_rps": tally.ok / (window + drain)}  # fmt: skip
         result["resources"] = {"start": asdict(before), "end": asdict(after),
@@ -305,6 +312,41 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all
+    sockets on the machine): dropped connects are retried by the client after 1, 3, 7 ... s."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines() if line.startswith("TcpExt:")]
+        return int(dict(zip(lines[0], lines[1]))["ListenOverflows"])
+    except (OSError, KeyError, IndexError, ValueError):
+        return 0
+
+
+async def scrape(base: str) -> dict[str, float]:
+    """The server's own request counters and latency histogram (Prometheus text), summed over tasks."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
+        text = await response.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("mmserve_requests_total{") or line.startswith("mmserve_request_latency_seconds_bucket{"):
+            name, value = line.rsplit(" ", 1)
+            labels = dict(part.split("=", 1) for part in name[name.index("{") + 1 : -1].split(","))
+            key = f"status {labels['status'].strip(chr(34))}" if "status" in labels else f"le {labels['le'].strip(chr(34))}"
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+async def server_view(base: str, before: dict[str, float]) -> dict[str, Any]:
+    """What the server itself saw during overload: answers by status, and how many it
+    answered within 10 s / 30 s (its latency histogram, from reading the request to answering)."""
+    after = await scrape(base)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    statuses = {k.split()[1]: int(v) for k, v in delta.items() if k.startswith("status") and v}
+    answered = sum(statuses.values())
+    return {"statuses": statuses, "answered": answered,
+            "within_10_s": int(delta.get("le 10.0", 0)), "within_30_s": int(delta.get("le 30.0", 0))}  # fmt: skip
+
+
 async def sample(pid: int, every_s: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -315,6 +357,20 @@ async def sample(pid: int, every_s: float) -> list[dict[str, Any]]:
             await asyncio.sleep(every_s)
     except asyncio.CancelledError:
         return out
+
+
+async def loop_lag(every_s: float = 0.1) -> dict[str, float]:
+    """How late this client's own event loop runs a timer: when it is late by seconds, the
+    client (sharing the CPUs) sends and reads late too, and its latencies are not the server's."""
+    lags: list[float] = []
+    try:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(every_s)
+            lags.append(time.perf_counter() - start - every_s)
+    except asyncio.CancelledError:
+        lags.sort()
+        return {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99), "max": lags[-1] if lags else 0.0}
 
 
 async def _samples(task: asyncio.Task) -> list[dict[str, Any]]:
@@ -353,6 +409,7 @@ def verdict(result: dict[str, Any], fd_slack: int = 4) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     cap, over, res = result["capacity"], result["overload"], result["resources"]
+    view, lag = result["server_view"], result["client_loop_lag_s"]
     s = result["settings"]
     la0, la1 = result["load_average_start"], result["load_average_end"]
     problems = verdict(result)
@@ -367,6 +424,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"| other errors | {over['errors']} |",
         f"| lost (no answer) | {over['lost']} |",
         f"| p50 / p99 / max of accepted | {over['p50_s']:.2f} / {over['p99_s']:.2f} / {over['max_s']:.2f} s |",
+        f"| server's own count: answered / within 10 s / within 30 s | {view['answered']} / {view['within_10_s']} / "
+        f"{view['within_30_s']} (statuses {view['statuses']}) |",
+        f"| kernel listen-queue overflows meanwhile | {view.get('listen_overflows', 0)} |",
+        f"| client event-loop lag p50 / p99 / max | {lag['p50']:.2f} / {lag['p99']:.2f} / {lag['max']:.2f} s |",
         f"| RSS start -> end (peak) | {res['start']['rss_mb']:.0f} -> {res['end']['rss_mb']:.0f} MB "
         f"({100 * res['rss_growth']:+.1f} %; peak {res['peak_rss_mb']:.0f} MB) |",
         f"| open fds start -> end | {res['start']['fds']} -> {res['end']['fds']} |",
@@ -380,9 +441,12 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([
         "# Soak: twice capacity", "",
         f"Embedded server, captioning and music (length {MUSIC_STEPS}) alternating; per-task max_queue "
-        f"{s['max_queue']}, request timeout {s['request_timeout_s']:g} s; {result['cpus']} CPUs shared with "
+        f"{s['max_queue']}, request timeout {s['request_timeout_s']:g} s; client: open loop, "
+        + (f"a keep-alive pool of {s['max_connections']} connections" if s["max_connections"]
+           else "a new connection whenever every open one is busy")
+        + f", {s['client_timeout_s']:g} s client timeout; {result['cpus']} CPUs shared with "
         "other work (see the load average). Command: `make soak` "
-        f"(`python -m bench.soak --duration-s {s['duration_s']:g}`).", "",
+        f"(`python -m bench.soak --duration-s {s['duration_s']:g} --max-connections {s['max_connections']}`).", "",
         *rows, "", *per_route, "",
         "Verdict: " + ("PASS" if not problems else "FAIL: " + "; ".join(problems)), "",
     ])  # fmt: skip
@@ -398,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue", type=int, default=64, help="each task's max_queue on the server")
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="the server's request timeout")
     parser.add_argument("--client-timeout-s", type=float, default=120.0, help="beyond it a request is lost")
-    parser.add_argument("--max-connections", type=int, default=0, help="client connection pool (0: unbounded)")
+    parser.add_argument("--max-connections", type=int, default=512,
+                        help="client keep-alive connection pool (0: unbounded, a new connection per busy request)")
     parser.add_argument("--idle-s", type=float, default=3.0, help="pause before reading resources")
     parser.add_argument("--sample-every-s", type=float, default=5.0)
     parser.add_argument("--start-timeout-s", type=float, default=180.0)
