@@ -87,6 +87,35 @@ def test_tritonclient_video_bytes(base):
     assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
 
 
+
+def test_tritonclient_frames_uint8(base):
+    """FRAMES UINT8 [N, T, H, W, 3]: decoded frames instead of a file; answers what the model gives offline."""
+    import tritonclient.http as http
+
+    from mmserve.plugins.action.checkpoint import load_recognizer
+    from mmserve.plugins.action.clips import sample_clip
+    from mmserve.plugins.action.render import render_clip
+    from mmserve.plugins.action.task import WEIGHTS_DIR
+    from mmserve.plugins.nn.search import greedy_decode
+
+    clips = [render_clip(sample_clip("test", i)) for i in range(2)]
+    length = min(len(c) for c in clips)  # one tensor: every clip of the batch has T frames
+    clips = [c[:length] for c in clips]
+    frames = np.stack([c.permute(0, 2, 3, 1).numpy() for c in clips])  # [2, T, 32, 48, 3]
+    client = http.InferenceServerClient(base.removeprefix("http://"))
+    tensor = http.InferInput("FRAMES", list(frames.shape), "UINT8")
+    tensor.set_data_from_numpy(frames, binary_data=True)
+    result = client.infer("action", [tensor], outputs=[http.InferRequestedOutput("CAPTION", binary_data=True)])
+    captions = [c.decode() if isinstance(c, bytes) else c for c in result.as_numpy("CAPTION")]
+    model = load_recognizer(WEIGHTS_DIR)
+    expected = [" ".join(model.vocab.itos[t] for t in r.tokens)
+                for r in greedy_decode(model, model.encode(model.collate(clips)), 16)]  # fmt: skip
+    assert captions == expected
+    bad = http.InferInput("FRAMES", [1, 2, 4, 4, 1], "UINT8")  # one channel, not three
+    bad.set_data_from_numpy(np.zeros((1, 2, 4, 4, 1), dtype=np.uint8), binary_data=True)
+    with pytest.raises(Exception, match="400|uint8"):
+        client.infer("action", [bad])
+
 def _bad_videos():
     mp4 = CLIPS[0].data
     return [
