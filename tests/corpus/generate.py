@@ -140,7 +140,7 @@ def v2_cases() -> list[Case]:
         ("datatype-not-a-string", route, _infer([{**ok_text, "datatype": 5}]), json_ct, (400,), "datatype"),
         ("bytes-holding-numbers", route, _infer([{**ok_text, "data": [1.5]}]), json_ct, (400,), "text"),
         ("input-name-unknown", route, _infer([{**ok_text, "name": "IMAGE"}]), json_ct, (400,), "unknown input"),
-        ("input-twice", route, _infer([ok_text, ok_text]), json_ct, (400,), "sent 2 times"),
+        ("input-twice", route, _infer([ok_text, ok_text]), json_ct, (400,), "exactly one input"),
         ("inputs-empty", route, _infer([]), json_ct, (400,), "inputs"),
         ("binary-size-past-end", route, *_binary_infer(
             {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1],
