@@ -100,16 +100,19 @@ eval-music: install
 	$(BIN)/mmserve eval music --model-dir plugins/music/weights --no-log
 
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
-# $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18 minutes
-# of joint training from them (see plugins/speech/README.md); then WER / CER beside
+# $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18 and 9
+# minutes of joint training from them (see plugins/speech/README.md); then WER / CER beside
 # pocketsphinx (the `eval` extra).
 SPEECH_RECIPE = --epochs 40 --batch-size 32 --set freq_masks=0 --set time_masks=0 --set dropout=0 --set max_length=120
 train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-ctc $(SPEECH_RECIPE) --lr 3e-3 \
 		--max-steps 1000 --set time_budget_minutes=39 --set ctc_pretrain_fraction=0.3 --set eval_every=250
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --lr 2e-3 \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-joint $(SPEECH_RECIPE) --lr 2e-3 \
 		--set init_from=/tmp/mmserve-speech-ctc --set ctc_pretrain_steps=0 --set warmup_steps=50 \
 		--set time_budget_minutes=18 --set eval_every=200
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --lr 2e-3 \
+		--set init_from=/tmp/mmserve-speech-joint --set ctc_pretrain_steps=0 --set warmup_steps=50 \
+		--set time_budget_minutes=9 --set eval_every=300 --set curriculum_epochs=0
 
 eval-speech: install
 	$(BIN)/python -m pip install --quiet -e '.[eval]'
