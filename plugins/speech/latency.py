@@ -18,7 +18,8 @@ import wave
 import numpy as np
 
 
-def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
+def pcm16_wav(samples: np.ndarray, rate: int = 16000) -> bytes:
+    """Mono float samples in [-1, 1] as 16-bit PCM WAV bytes (what a client uploads)."""
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
@@ -60,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     test = SpeechClips(split_dir(default_cache_dir(), "test", SPLIT_SIZES))
     waves = [test.wave(i) for i in range(min(args.clips, len(test)))]
-    clips = [_wav(w) for w in waves]
+    clips = [pcm16_wav(w) for w in waves]
     audio_s = sum(len(w) for w in waves) / 16000
     asyncio.run(_run(args.url, clips[:2], 1))  # warm-up
     rows = []

@@ -17,6 +17,7 @@ import torchaudio
 
 from mmserve.plugins.nn.search import greedy_decode
 from mmserve.plugins.speech import data
+from mmserve.plugins.speech.latency import pcm16_wav
 from mmserve.plugins.speech.task import SpeechTask
 from mmserve.plugins.task import InputLimits
 from tests.e2e.server_process import running_server
@@ -34,17 +35,7 @@ def _clip(index: int) -> tuple[bytes, str]:
     """A held-out-voice clip as 16-bit mono WAV at 22.05 kHz (resampled by the server)."""
     voice = data.Voice(data.voices("test")[index * 17], 160, 50, 100)
     samples = data.synthesize(SENTENCES[index], voice)
-    return _wav(samples, 16000), SENTENCES[index]
-
-
-def _wav(samples: np.ndarray, rate: int) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
-    return out.getvalue()
+    return pcm16_wav(samples, 16000), SENTENCES[index]
 
 
 CLIPS = [_clip(i) for i in range(len(SENTENCES))] if shutil.which("espeak-ng") else []
@@ -190,7 +181,7 @@ def test_bad_audio_is_a_clear_4xx_and_silence_is_not_an_error(base):
     assert post(CLIPS[0][0][:60]).status_code == 400  # the header and a few samples: truncated
     assert post(b"RIFF\x00\x00\x00\x00WAVEjunk").status_code == 400
     assert post(b"hello", "text/plain").status_code == 415
-    long = post(_wav(np.zeros(16000 * 25, np.float32), 16000))
+    long = post(pcm16_wav(np.zeros(16000 * 25, np.float32), 16000))
     assert long.status_code == 413 and "25.00 s" in long.json()["error"]
-    silence = post(_wav(np.zeros(16000 * 2, np.float32), 16000))
+    silence = post(pcm16_wav(np.zeros(16000 * 2, np.float32), 16000))
     assert silence.status_code == 200 and silence.json()["text"] == ""
