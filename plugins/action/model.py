@@ -27,6 +27,7 @@ from mmserve.plugins.nn.trunk import basic_trunk
 from mmserve.plugins.nn.vocab import Vocabulary
 
 TEMPORAL = ("bigru", "bilstm", "none")
+INPUTS = ("pixels", "motion")
 SUBJECT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -50,6 +51,12 @@ class ClipEncoderConfig:
     temporal_layers: int = 1
     mean: float = 0.5  # input normalisation of 0..1 pixels
     std: float = 0.5
+    # What the CNN sees of a frame. "pixels": its (grey) RGB channels. "motion": its grey level
+    # plus its differences to the previous and the next frame, so a move, turn, zoom or fade is
+    # in the input itself instead of being inferred from features of separate frames (the
+    # frames are grey: the three equal channels carried nothing more). Artifacts without the
+    # key are "pixels".
+    input: str = "pixels"
     # The pace the model was trained at: requests are sampled at this many frames per second
     # unless they ask otherwise, and at most `default_frames` frames.
     default_fps: float = 8.0
@@ -62,6 +69,7 @@ class ClipEncoderConfig:
         self.stage_strides = tuple(int(v) for v in self.stage_strides) or (2,) * len(self.stage_widths)
         assert self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}"
         assert self.temporal in TEMPORAL, f"temporal must be one of {TEMPORAL}, got {self.temporal!r}"
+        assert self.input in INPUTS, f"input must be one of {INPUTS}, got {self.input!r}"
         assert len(self.stage_strides) == len(self.stage_widths), "one stride per stage"
         assert all(s in (1, 2) for s in self.stage_strides), f"stage strides must be 1 or 2, got {self.stage_strides}"
 
@@ -86,6 +94,26 @@ class ActionConfig:
         decoder = DecoderConfig(**data["decoder"]) if data.get("decoder") else None
         return cls(encoder=ClipEncoderConfig(**data["encoder"]), decoder=decoder, mode=data.get("mode", "sequence"),
                    presence_head=bool(data.get("presence_head", False)))  # fmt: skip
+
+
+def clip_input(frames: torch.Tensor, lengths: torch.Tensor, c: ClipEncoderConfig) -> torch.Tensor:
+    """uint8 frames [B, T, 3, H, W] with real lengths [B] -> the CNN's float input [B, T, 3, H, W].
+
+    "motion": channels (grey, grey - previous frame, next frame - grey), normalised; the
+    differences are zero at each clip's first and last real frame, so padding never leaks in
+    and a clip gives the same input alone or in a batch.
+    """
+    pixels = frames.float().div_(255.0).sub_(c.mean).div_(c.std)
+    if c.input == "pixels":
+        return pixels
+    grey = pixels[:, :, 0]  # [B, T, H, W]
+    steps = frames.shape[1]
+    index = torch.arange(steps, device=frames.device).unsqueeze(0)  # [1, T]
+    last = (lengths.to(frames.device) - 1).clamp_min(0).unsqueeze(1)  # [B, 1]
+    previous = (index - 1).clamp_min(0).expand(frames.shape[0], -1)
+    following = torch.minimum(index + 1, last).expand(frames.shape[0], -1)
+    gather = lambda at: grey.gather(1, at[:, :, None, None].expand_as(grey))  # noqa: E731
+    return torch.stack([grey, grey - gather(previous), gather(following) - grey], dim=2)
 
 
 class FrameCNN(nn.Module):
@@ -146,8 +174,8 @@ class ClipEncoder(nn.Module):
         assert bool((lengths >= 1).all()) and int(lengths.max()) <= frames.shape[1], f"bad lengths {lengths.tolist()}"
         batch_size, steps = frames.shape[:2]
         mask = torch.arange(steps, device=frames.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
-        real = frames[mask].float().div_(255.0).sub_(c.mean).div_(c.std)  # only real frames reach the CNN
-        features = frames.new_zeros(batch_size, steps, c.frame_dim, dtype=real.dtype)
+        real = clip_input(frames, lengths, c)[mask]  # only real frames reach the CNN
+        features = real.new_zeros(batch_size, steps, c.frame_dim)
         features[mask] = self.cnn(real)  # [B, T, F]
         return features, mask
 

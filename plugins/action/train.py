@@ -25,7 +25,7 @@ from tqdm import tqdm
 from mmserve.plugins.action.checkpoint import save_recognizer
 from mmserve.plugins.action.data import ActionClips, action_label_vocabulary, action_vocabulary, collate_training
 from mmserve.plugins.action.evaluate import evaluate_model
-from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss
+from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss, clip_input
 from mmserve.plugins.action.pretrain import pretrain_trunk
 from mmserve.plugins.artifacts import load_weights
 from mmserve.plugins.nn.decoder import DecoderConfig
@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "pool_grid": [2, 3],
     "temporal": "bigru",  # bigru | bilstm | none (the mean-pooled baseline)
     "temporal_hidden": 64,
+    "input": "pixels",  # pixels | motion (grey level plus differences to the neighbouring frames)
     # decoder (the shared AttentionDecoder)
     "cell": "lstm",
     "attention": "bahdanau",
@@ -98,6 +99,7 @@ def build_model(settings: dict[str, Any], vocab: Vocabulary, mode: str = "sequen
         pool_grid=tuple(settings["pool_grid"]),
         temporal=settings["temporal"],
         temporal_hidden=settings["temporal_hidden"],
+        input=settings["input"],
     )
     decoder = DecoderConfig(
         vocab_size=len(vocab),
@@ -139,8 +141,8 @@ class GridClips(Dataset):
         key = (self.clips.epoch, index)
         spec = self.clips.spec(index)
         if key not in self._cache:
-            c = self.model.config.encoder
-            frames = self.clips.frames(index).float().div_(255.0).sub_(c.mean).div_(c.std)
+            raw = self.clips.frames(index)
+            frames = clip_input(raw.unsqueeze(0), torch.tensor([len(raw)]), self.model.config.encoder)[0]
             device = next(self.model.parameters()).device
             self._cache[key] = self.model.encoder.cnn.body(frames.to(device)).half().cpu()
         ids = torch.tensor(self.clips.vocab.encode(self.clips.caption(spec)), dtype=torch.long)

@@ -9,7 +9,7 @@ from mmserve.plugins.action.checkpoint import load_recognizer, save_recognizer
 from mmserve.plugins.action.clips import sample_clip
 from mmserve.plugins.action.data import ClipBatch, action_vocabulary, collate_clips
 from mmserve.plugins.action.evaluate import score_predictions, truth
-from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss
+from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss, clip_input
 from mmserve.plugins.action.spans import attention_span, find_actions, group_actions, span_iou
 from mmserve.plugins.action.task import ActionTask, describe
 from mmserve.plugins.action.train import resolve_settings
@@ -19,9 +19,10 @@ from mmserve.plugins.nn.search import DecodeResult, greedy_decode
 VOCAB = action_vocabulary()
 
 
-def tiny_model(temporal: str = "bigru", cell: str = "lstm", attention: str = "bahdanau") -> ActionRecognizer:
+def tiny_model(temporal: str = "bigru", cell: str = "lstm", attention: str = "bahdanau", input: str = "pixels") -> ActionRecognizer:
     torch.manual_seed(0)
-    enc = ClipEncoderConfig(stem_width=4, stage_widths=(8, 8), frame_dim=16, temporal=temporal, temporal_hidden=8)
+    enc = ClipEncoderConfig(stem_width=4, stage_widths=(8, 8), frame_dim=16, temporal=temporal, temporal_hidden=8,
+                            input=input)  # fmt: skip
     dec = DecoderConfig(vocab_size=len(VOCAB), memory_dim=enc.memory_dim, embed_dim=8, hidden_dim=16, attn_dim=8,
                         cell=cell, attention=attention)  # fmt: skip
     return ActionRecognizer(ActionConfig(enc, dec), VOCAB).eval()
@@ -32,8 +33,9 @@ def random_clips(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (n, 3, 32, 48), dtype=torch.uint8, generator=gen) for n in lengths]
 
 
-def test_mask_comes_from_the_lengths_and_padding_is_never_read():
-    model = tiny_model()
+@pytest.mark.parametrize("input", ["pixels", "motion"])
+def test_mask_comes_from_the_lengths_and_padding_is_never_read(input):
+    model = tiny_model(input=input)
     clips = random_clips([5, 9, 2])
     batch = model.collate(clips)
     memory = model.encode(batch)
@@ -48,10 +50,11 @@ def test_mask_comes_from_the_lengths_and_padding_is_never_read():
     torch.testing.assert_close(attention.sum(1), torch.ones(3))
 
 
-@pytest.mark.parametrize(("temporal", "cell", "attention"),
-                         [("bigru", "lstm", "bahdanau"), ("bilstm", "gru", "luong_general"), ("none", "rnn", "bahdanau")])
-def test_batched_decoding_equals_one_by_one(temporal, cell, attention):
-    model = tiny_model(temporal, cell, attention)
+@pytest.mark.parametrize(("temporal", "cell", "attention", "input"),
+                         [("bigru", "lstm", "bahdanau", "pixels"), ("bilstm", "gru", "luong_general", "pixels"),
+                          ("none", "rnn", "bahdanau", "pixels"), ("bigru", "lstm", "bahdanau", "motion")])  # fmt: skip
+def test_batched_decoding_equals_one_by_one(temporal, cell, attention, input):
+    model = tiny_model(temporal, cell, attention, input)
     clips = random_clips([7, 16, 3, 11], seed=1)
     batched = greedy_decode(model, model.encode(model.collate(clips)), 8)
     for clip, together in zip(clips, batched):
@@ -59,6 +62,22 @@ def test_batched_decoding_equals_one_by_one(temporal, cell, attention):
         assert alone.tokens == together.tokens
         assert alone.score == pytest.approx(together.score, abs=1e-4)
         torch.testing.assert_close(alone.attention, together.attention, atol=1e-5, rtol=1e-4)
+
+
+def test_motion_input_is_the_grey_level_and_its_differences_to_the_neighbouring_frames():
+    c = ClipEncoderConfig(input="motion")
+    clips = random_clips([4, 6], seed=3)
+    batch = collate_clips(clips)
+    x = clip_input(batch.frames, batch.lengths, c)  # [2, 6, 3, 32, 48]
+    grey = clips[0][:, 0].float().div(255).sub(0.5).div(0.5)  # [4, H, W]
+    torch.testing.assert_close(x[0, :4, 0], grey)
+    torch.testing.assert_close(x[0, 1:4, 1], grey[1:] - grey[:-1])  # minus the previous frame
+    torch.testing.assert_close(x[0, :3, 2], grey[1:] - grey[:-1])  # the next frame minus this one
+    # no previous frame before the first, no next after the last real one (the padding is not read)
+    assert float(x[0, 0, 1].abs().max()) == 0.0 and float(x[0, 3, 2].abs().max()) == 0.0
+    torch.testing.assert_close(x[1], clip_input(clips[1].unsqueeze(0), torch.tensor([6]), c)[0])
+    pixels = clip_input(batch.frames, batch.lengths, ClipEncoderConfig())
+    torch.testing.assert_close(pixels, batch.frames.float().div(255).sub(0.5).div(0.5))
 
 
 def test_pooled_baseline_has_one_memory_position_standing_for_every_frame():

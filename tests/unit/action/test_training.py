@@ -11,7 +11,7 @@ from mmserve.plugins.action.clips import sample_clip
 from mmserve.plugins.action.data import ACTION_LABELS, ActionClips, action_label_vocabulary, action_vocabulary
 from mmserve.plugins.action.evaluate import evaluate_model
 from mmserve.plugins.action.model import ClipEncoderConfig, FrameCNN
-from mmserve.plugins.action.pretrain import NOTHING, frame_targets, pretrain_trunk
+from mmserve.plugins.action.pretrain import NOTHING, POSE_VALUES, frame_targets, pretrain_trunk
 from mmserve.plugins.action.render import centre_of_mass, render_actor, render_clip
 from mmserve.plugins.action.task import describe
 from mmserve.plugins.action.train import (
@@ -38,12 +38,12 @@ def test_stem_stride_sets_the_grid():
 
 
 def test_frame_targets_name_each_visible_digit_at_its_rendered_centre():
-    checked = 0
+    checked = moved = 0
     for index in range(12):
         spec = sample_clip("train", index, seed=3)
         frames = list(range(spec.num_frames))
         classes, pose = frame_targets(spec, frames, (8, 12))
-        assert classes.shape == (spec.num_frames, 8, 12) and pose.shape == (spec.num_frames, 4, 8, 12)
+        assert classes.shape == (spec.num_frames, 8, 12) and pose.shape == (spec.num_frames, POSE_VALUES, 8, 12)
         for a, actor in enumerate(spec.actors):
             layers = render_actor(spec, a)  # [T, H, W], no jitter
             for t, state in enumerate(spec.actor_states(a)):
@@ -58,9 +58,15 @@ def test_frame_targets_name_each_visible_digit_at_its_rendered_centre():
                 # the cell (4 x 4 px) holds the drawn digit's centre, give or take its asymmetric mass
                 assert abs((j + 0.5) * 4 - (x + dx)) < 6 and abs((i + 0.5) * 4 - (y + dy)) < 6
                 assert abs(float(pose[t, 2, i, j]) - state.angle / 90) < 1e-5
+                # the change channels say how the drawn digit moves from the previous frame to the next
+                before, after = max(t - 1, 0), min(t + 1, spec.num_frames - 1)
+                (x0, y0), (x1, y1) = centre_of_mass(layers[before]), centre_of_mass(layers[after])
+                if state.alpha == 1.0 and spec.actor_states(a)[before].alpha == spec.actor_states(a)[after].alpha == 1.0:
+                    assert abs(4 * float(pose[t, 4, i, j]) - (x1 - x0)) < 1.5 and abs(4 * float(pose[t, 5, i, j]) - (y1 - y0)) < 1.5
+                moved += abs(float(pose[t, 4, i, j])) > 0.2
                 checked += 1
         assert int((classes != NOTHING).sum()) <= 2 * spec.num_frames
-    assert checked > 60
+    assert checked > 60 and moved > 5
 
 
 def test_pretraining_trains_the_trunk_only_and_reports_val_accuracy():
