@@ -147,7 +147,7 @@ def pretrain_trunk(
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         done = step + 1
         bar.set_postfix(loss=f"{running:.3f}")
-        if progress and done % 200 == 0:
+        if done % 200 == 0:  # printed with or without the bar: the logs of background runs
             accuracy, alarms = grid_accuracy(cnn, head, c, val_clips, seed)
             tqdm.write(f"pretrain step {done}: loss {running:.3f}, val digit accuracy {accuracy:.3f}, "
                        f"false alarms {alarms:.3f}, {time.monotonic() - started:.0f}s", file=sys.stderr)  # fmt: skip

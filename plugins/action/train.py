@@ -194,8 +194,7 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
                                     device=device, progress=s["progress"], time_budget_s=budget)  # fmt: skip
         logger.log_metrics({"pretrain_digit_accuracy": pretrained.digit_accuracy,
                             "pretrain_false_alarms": pretrained.false_alarms}, step=0)  # fmt: skip
-        if s["progress"]:
-            tqdm.write(f"pretrained trunk: {pretrained}", file=sys.stderr)
+        tqdm.write(f"pretrained trunk: {pretrained}", file=sys.stderr)  # always: the logs of background runs
     frozen = _freeze(model, s["freeze_stages"]) if pretrained is not None or s["init_from"] else None
     cache_grids = s["cache_grids"] and frozen is not None and s["freeze_stages"] >= len(s["stage_widths"])
     assert cache_grids or not s["cache_grids"], "cache_grids needs every stage fixed (freeze_stages) after pretraining or init_from"
@@ -279,12 +278,11 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
             history.append(row)
             logger.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=step)
             score = _selection_score(val)
-            if s["progress"]:
-                keys = ("train_loss", "val_exact_sequence_accuracy", "val_per_action_accuracy", "val_label_accuracy",
-                        "val_localisation_iou50")  # fmt: skip
-                line = ", ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
-                mark = " (best)" if score > best else ""
-                tqdm.write(f"step {step} epoch {epoch}: {line}, {wall:.0f}s{mark}", file=sys.stderr)
+            keys = ("train_loss", "val_exact_sequence_accuracy", "val_per_action_accuracy", "val_label_accuracy",
+                    "val_localisation_iou50")  # fmt: skip
+            line = ", ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
+            mark = " (best)" if score > best else ""
+            tqdm.write(f"step {step} epoch {epoch}: {line}, {wall:.0f}s{mark}", file=sys.stderr)  # always, as above
             # Only the best-on-validation model is written, as soon as it is found, so a run
             # cut short still leaves its best model behind.
             if score > best:
