@@ -36,7 +36,7 @@ class Memory:
 
     def select(self, index: torch.Tensor) -> Memory:
         """Rows `index` of every field (index is a 1-D LongTensor)."""
-        return Memory(**{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+        return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})  # a subclass stays one
 
     def trim(self) -> Memory:
         """Drop trailing positions no row uses: after the longest input leaves a batch, the

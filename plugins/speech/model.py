@@ -20,6 +20,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
+from mmserve.plugins.nn.ctc import KEYS as CTC_KEYS
+from mmserve.plugins.nn.ctc import ctc_initial_state, ctc_prefix_step
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
 from mmserve.plugins.nn.heads import CategoricalHead
 from mmserve.plugins.nn.vocab import Vocabulary
@@ -44,18 +46,27 @@ class SpeechConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     decoder: DecoderConfig | None = None  # filled in by ListenAttendSpell
+    # Joint CTC/attention decoding (plugins/nn/ctc.py): each step's score is
+    # (1 - w) * speller log-probability + w * CTC prefix score. 0: the speller alone.
+    ctc_decode_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        assert 0.0 <= self.ctc_decode_weight <= 1.0, f"ctc_decode_weight must be in [0, 1], got {self.ctc_decode_weight}"
+        assert self.ctc_decode_weight == 0.0 or self.listener.ctc, "ctc_decode_weight needs the listener's CTC head"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "features": self.features.to_dict(),
             "listener": asdict(self.listener),
             "decoder": self.decoder.to_dict() if self.decoder else None,
+            "ctc_decode_weight": self.ctc_decode_weight,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpeechConfig:
         decoder = DecoderConfig(**data["decoder"]) if data.get("decoder") else None
-        return cls(FeatureConfig(**data["features"]), ListenerConfig(**data["listener"]), decoder)
+        return cls(FeatureConfig(**data["features"]), ListenerConfig(**data["listener"]), decoder,
+                   float(data.get("ctc_decode_weight", 0.0)))  # fmt: skip
 
 
 @dataclass
@@ -64,6 +75,14 @@ class SpeechBatch:
 
     features: torch.Tensor
     lengths: torch.Tensor
+
+
+@dataclass
+class CTCMemory(Memory):
+    """The speller's memory plus the CTC head's log-probabilities [B, T4, V] and lengths [B]."""
+
+    ctc_log_probs: torch.Tensor | None = None
+    ctc_lengths: torch.Tensor | None = None
 
 
 def conv_length(lengths: torch.Tensor) -> torch.Tensor:
@@ -135,7 +154,7 @@ class ListenAttendSpell(EncoderDecoder):
         assert decoder.vocab_size == len(vocab), f"decoder vocab_size {decoder.vocab_size} != vocabulary {len(vocab)}"
         assert decoder.memory_dim == config.listener.memory_dim, "decoder memory_dim must be 2 * listener hidden_dim"
         assert decoder.output_kind == "categorical", "characters are token ids: output_kind must be categorical"
-        self.config = SpeechConfig(config.features, config.listener, decoder)
+        self.config = SpeechConfig(config.features, config.listener, decoder, config.ctc_decode_weight)
         self.vocab = vocab
         self.bos_id, self.eos_id, self.pad_id = vocab.bos_id, vocab.eos_id, vocab.pad_id
         self.head = CategoricalHead(vocab.bos_id, vocab.eos_id)
@@ -160,15 +179,36 @@ class ListenAttendSpell(EncoderDecoder):
     def listen(self, batch: SpeechBatch):
         return self.listener(batch.features, batch.lengths.to(batch.features.device))
 
+    @property
+    def joint_ctc(self) -> bool:
+        return self.ctc is not None and self.config.ctc_decode_weight > 0
+
     def encode(self, batch: SpeechBatch) -> Memory:
-        values, lengths, _, _ = self.listen(batch)
-        return self.decoder.prepare_memory(values, lengths_to_mask(lengths, values.shape[1]))
+        values, lengths, x4, len4 = self.listen(batch)
+        memory = self.decoder.prepare_memory(values, lengths_to_mask(lengths, values.shape[1]))
+        if not self.joint_ctc:
+            return memory
+        # The CTC log-probabilities ride on the memory only until init_state moves them into
+        # the decoder state (what the engine reorders and concatenates).
+        return CTCMemory(memory.values, memory.mask, memory.keys, torch.log_softmax(self.ctc(x4), dim=-1), len4)
 
     def init_state(self, memory: Memory) -> State:
-        return self.decoder.init_state(memory)
+        state = self.decoder.init_state(memory)
+        if self.joint_ctc:
+            assert isinstance(memory, CTCMemory), "joint CTC decoding needs the memory from this model's encode"
+            state.update(ctc_initial_state(memory.ctc_log_probs, memory.ctc_lengths, blank=self.pad_id))
+        return state
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
-        return self.decoder.step(prev, state, memory)
+        logits, new_state, attention = self.decoder.step(prev, state, memory)
+        if not self.joint_ctc:
+            return logits, new_state, attention
+        ctc_score, ctc_state = ctc_prefix_step(prev, {k: state[k] for k in CTC_KEYS}, self.bos_id, self.eos_id,
+                                               blank=self.pad_id, never=(self.bos_id,))  # fmt: skip
+        weight = self.config.ctc_decode_weight
+        joint = (1 - weight) * torch.log_softmax(logits.double(), dim=-1) + weight * ctc_score
+        new_state.update(ctc_state)
+        return joint.to(logits.dtype), new_state, attention
 
     def forward(self, batch: SpeechBatch, inputs: torch.Tensor):
         """Teacher forcing: inputs [B, U] -> logits [B, U, V], attention [B, U, N], and the CTC

@@ -13,7 +13,7 @@ from mmserve.plugins.errors import InputError, PayloadTooLarge
 from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for
-from mmserve.plugins.speech.model import ctc_loss, guided_attention_loss, memory_lengths, speech_loss
+from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
 from mmserve.plugins.speech.task import SpeechTask, word_times
 from mmserve.plugins.speech.text import char_vocabulary, decode_chars, encode_chars, normalize_text
@@ -65,9 +65,10 @@ def test_listener_shortens_time_eightfold_and_batches_like_one_by_one():
             torch.testing.assert_close(memory.values[i, :n], alone.values[0, :n], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("beam", [1, 3])
-def test_batched_decoding_equals_one_by_one(beam):
+@pytest.mark.parametrize(("beam", "ctc_weight"), [(1, 0.0), (3, 0.0), (1, 0.5), (3, 0.5)])
+def test_batched_decoding_equals_one_by_one(beam, ctc_weight):
     model = tiny_model()
+    model.config.ctc_decode_weight = ctc_weight  # joint CTC/attention decoding when > 0
     feats = random_features([60, 25, 90], seed=1)
     with torch.no_grad():
         memory = model.encode(model.collate(feats))
@@ -77,6 +78,21 @@ def test_batched_decoding_equals_one_by_one(beam):
             alone = greedy_decode(model, one, 15)[0] if beam == 1 else beam_search(model, one, beam, 15, alpha=0.6)[0]
             assert alone.tokens == result.tokens
             assert alone.score == pytest.approx(result.score, abs=1e-4)
+
+
+def test_joint_ctc_decoding_changes_the_scores_and_round_trips_in_the_config():
+    model = tiny_model()
+    feats = random_features([60, 25], seed=4)
+    with torch.no_grad():
+        plain = greedy_decode(model, model.encode(model.collate(feats)), 15)
+        model.config.ctc_decode_weight = 0.7
+        memory = model.encode(model.collate(feats))
+        joint = greedy_decode(model, memory, 15)
+    assert [r.score for r in plain] != [r.score for r in joint]
+    assert SpeechConfig.from_dict(model.config.to_dict()).ctc_decode_weight == 0.7
+    assert SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "ctc_decode_weight"}).ctc_decode_weight == 0.0
+    with pytest.raises(AssertionError, match="ctc_decode_weight"):
+        SpeechConfig.from_dict({**model.config.to_dict(), "ctc_decode_weight": 1.5})
 
 
 def test_loss_has_ctc_and_cross_entropy_and_trains():
