@@ -139,16 +139,23 @@ def evaluate_artifact(
     featurizer = LogMel(model.config.features)
     features = [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))]
     texts = [clips.text(i) for i in range(len(clips))]
-    metrics: dict[str, float] = {"clips": float(len(clips))}
+    weight = model.config.ctc_decode_weight
+    metrics: dict[str, float] = {"clips": float(len(clips)), "ctc_decode_weight": weight}
     hyps: dict[str, list[str]] = {}
-    for name, beam in (("greedy", 1), ("beam", BEAM_SIZE)):
+    audio_s = sum(len(clips.wave(i)) for i in range(len(clips))) / 16000
+    # The served decoding (joint CTC/attention when the artifact says so), then, for the
+    # record, the speller alone.
+    runs = [("greedy", 1, weight), ("beam", BEAM_SIZE, weight)]
+    if weight > 0:
+        runs += [("speller_greedy", 1, 0.0), ("speller_beam", BEAM_SIZE, 0.0)]
+    for name, beam, run_weight in runs:
+        model.config.ctc_decode_weight = run_weight
         started = time.monotonic()
         hyps[name] = transcribe(model, features, beam_size=beam, progress=progress, desc=name)
         seconds = time.monotonic() - started
         rates = error_rates(texts, hyps[name])
-        metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"]})
-        audio_s = sum(len(clips.wave(i)) for i in range(len(clips))) / 16000
-        metrics[f"{name}_rtf"] = seconds / audio_s
+        metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"], f"{name}_rtf": seconds / audio_s})
+    model.config.ctc_decode_weight = weight
     if model.ctc is not None:
         hyps["ctc_greedy"] = ctc_transcribe(model, features)
         rates = error_rates(texts, hyps["ctc_greedy"])
