@@ -19,7 +19,9 @@ psi(g) = log sum over alignments of g followed by anything. For each next label 
     psi(g+eos) = r_{T-1}^n(g) + r_{T-1}^b(g)
 
 The two linear recurrences are solved in closed form with cumulative sums and
-`logcumsumexp`, so a step costs a few tensor operations over [B, T, V], not a loop over T.
+`logcumsumexp`, so a step costs a few tensor operations over [B, T, K], not a loop over T;
+K is a few candidate labels (the decoder's best), as in ESPnet's partial scoring: the others
+are left to the decoder's own score.
 Frames past a row's length never reach its scores (every recurrence runs forward in time and
 the sums stop at the row's last frame), so a row scores the same alone or padded in a batch.
 """
@@ -27,70 +29,76 @@ the sums stop at the row's last frame), so a row scores the same alone or padded
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mmserve.plugins.nn.contract import State
 
 NEG_INF = float("-inf")
-# State keys, all batch-first: log-probs [B, T, V], lengths [B], r for every next label
-# [B, T, 2, V] (n, b), psi for every next label [B, V].
-KEYS = ("ctc_x", "ctc_len", "ctc_r", "ctc_psi")
+# State keys, all batch-first: log-probs [B, T, V], lengths [B], the candidate labels of the
+# last step [B, K] with their r [B, T, 2, K] (n, b) and psi [B, K].
+KEYS = ("ctc_x", "ctc_len", "ctc_labels", "ctc_r", "ctc_psi")
 
 
-def ctc_initial_state(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> State:
+def ctc_initial_state(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int, start_id: int) -> State:
     """The CTC state of the empty prefix, for log-probabilities [B, T, V] with real lengths [B].
 
-    `ctc_r` holds r of the empty prefix under every label, so that the first step's selection
-    by its `prev` token (the start token) finds it."""
+    The empty prefix is stored as the one "candidate" `start_id`, so that the first step's
+    selection by its `prev` token (the start token) finds it."""
     assert log_probs.dim() == 3, f"expected CTC log-probabilities [B, T, V], got {tuple(log_probs.shape)}"
     assert lengths.shape == log_probs.shape[:1], f"lengths {tuple(lengths.shape)} for {log_probs.shape[0]} rows"
     x = log_probs.double()  # cumulative sums over long inputs: float32 would lose the small terms
-    batch, _, vocab = x.shape
+    batch = x.shape[0]
     blanks = x[..., blank].cumsum(1)  # [B, T]: only blanks so far
     r = torch.stack([torch.full_like(blanks, NEG_INF), blanks], dim=2)  # [B, T, 2]
     return {
         "ctc_x": x,
         "ctc_len": lengths.to(torch.long),
-        "ctc_r": r.unsqueeze(-1).expand(-1, -1, -1, vocab).contiguous(),
-        "ctc_psi": x.new_zeros(batch, vocab),
+        "ctc_labels": torch.full((batch, 1), start_id, dtype=torch.long, device=x.device),
+        "ctc_r": r.unsqueeze(-1),
+        "ctc_psi": x.new_zeros(batch, 1),
     }
 
 
 def ctc_prefix_step(
-    prev: torch.Tensor, state: State, start_id: int, end_id: int, blank: int, never: tuple[int, ...] = ()
-) -> tuple[torch.Tensor, State]:
+    prev: torch.Tensor, state: State, candidates: torch.Tensor, start_id: int, end_id: int, blank: int
+) -> tuple[torch.Tensor, torch.Tensor, State]:
     """One decoding step. prev [B]: the label just appended to each row's prefix (the start
-    token on the first step). Returns the score of every next label [B, V],
-    psi(g + c) - psi(g) (c = `end_id`: the prefix is complete), and the new CTC state.
+    token on the first step); it must be one of the last step's candidates or `end_id`.
+    candidates [B, K]: the next labels to score (the attention decoder's best few: scoring
+    every label costs V / K times more); never the blank or the start token.
 
-    Labels in `never` (the start token, padding) and the blank score -inf. A row whose prefix
-    CTC already rules out (psi(g) = -inf, e.g. longer than the input) scores 0 for every label:
-    the attention decoder alone decides it.
+    Returns the score of each candidate [B, K], psi(g + c) - psi(g), the score of ending the
+    prefix [B], psi(g + eos) - psi(g), and the new CTC state. A row whose prefix CTC already
+    rules out (psi(g) = -inf, e.g. longer than the input) scores 0 everywhere: the attention
+    decoder alone decides it.
     """
     x, lengths = state["ctc_x"], state["ctc_len"]  # [B, T, V], [B]
-    batch, frames, vocab = x.shape
-    pick = prev.view(batch, 1, 1, 1).expand(batch, frames, 2, 1)
-    r_g = state["ctc_r"].gather(3, pick).squeeze(3)  # [B, T, 2]: r of the prefix g
-    psi_g = state["ctc_psi"].gather(1, prev.view(batch, 1)).squeeze(1)  # [B]
+    batch, frames, _ = x.shape
+    # Where prev sits among the last step's candidates (a finished row's prev is the end token:
+    # any slot will do, its scores are not used).
+    slot = (state["ctc_labels"] == prev.unsqueeze(1)).to(torch.long).argmax(dim=1)  # [B]
+    r_g = state["ctc_r"].gather(3, slot.view(batch, 1, 1, 1).expand(batch, frames, 2, 1)).squeeze(3)  # [B, T, 2]
+    psi_g = state["ctc_psi"].gather(1, slot.view(batch, 1)).squeeze(1)  # [B]
     rn, rb = r_g[..., 0], r_g[..., 1]  # [B, T]
-    repeat = F.one_hot(prev, vocab).bool().unsqueeze(1)  # [B, 1, V]: c is g's last label
-    phi = torch.where(repeat, rb.unsqueeze(-1), torch.logaddexp(rn, rb).unsqueeze(-1))  # [B, T, V]
-    empty = torch.where(prev == start_id, 0.0, NEG_INF).to(x.dtype).view(batch, 1, 1).expand(batch, 1, vocab)
+    count = candidates.shape[1]
+    xc = x.gather(2, candidates.unsqueeze(1).expand(batch, frames, count))  # [B, T, K]
+    repeat = (candidates == prev.unsqueeze(1)).unsqueeze(1)  # [B, 1, K]: c is g's last label
+    phi = torch.where(repeat, rb.unsqueeze(-1), torch.logaddexp(rn, rb).unsqueeze(-1))  # [B, T, K]
+    empty = torch.where(prev == start_id, 0.0, NEG_INF).to(x.dtype).view(batch, 1, 1).expand(batch, 1, count)
     # r^n(g+c): the first label may start at frame 0 only when g is empty.
-    emitted = x.cumsum(1)  # [B, T, V]
-    starts = torch.cat([empty, phi[:, :-1] - emitted[:, :-1]], dim=1)  # [B, T, V]
+    emitted = xc.cumsum(1)  # [B, T, K]
+    starts = torch.cat([empty, phi[:, :-1] - emitted[:, :-1]], dim=1)
     rn_new = emitted + torch.logcumsumexp(starts, dim=1)
     blanks = x[..., blank].cumsum(1).unsqueeze(-1)  # [B, T, 1]
-    ends = torch.cat([x.new_full((batch, 1, vocab), NEG_INF), rn_new[:, :-1] - blanks[:, :-1]], dim=1)
+    ends = torch.cat([x.new_full((batch, 1, count), NEG_INF), rn_new[:, :-1] - blanks[:, :-1]], dim=1)
     rb_new = blanks + torch.logcumsumexp(ends, dim=1)
     real = torch.arange(frames, device=x.device).view(1, frames, 1) < lengths.view(batch, 1, 1)
-    terms = torch.cat([empty, phi[:, :-1]], dim=1) + x  # [B, T, V]: c first emitted at frame t
-    psi = torch.logsumexp(terms.masked_fill(~real, NEG_INF), dim=1)  # [B, V]
+    terms = torch.cat([empty, phi[:, :-1]], dim=1) + xc  # [B, T, K]: c first emitted at frame t
+    psi = torch.logsumexp(terms.masked_fill(~real, NEG_INF), dim=1)  # [B, K]
     last = (lengths - 1).clamp_min(0).view(batch, 1)
-    psi[:, end_id] = torch.logaddexp(rn.gather(1, last), rb.gather(1, last)).squeeze(1)
-    for label in (blank, *never):
-        psi[:, label] = NEG_INF
-    score = psi - psi_g.unsqueeze(1)
-    score = torch.where(torch.isfinite(psi_g).unsqueeze(1), score, torch.zeros_like(score))
-    new_state = {"ctc_x": x, "ctc_len": lengths, "ctc_r": torch.stack([rn_new, rb_new], dim=2), "ctc_psi": psi}
-    return score, new_state
+    psi_end = torch.logaddexp(rn.gather(1, last), rb.gather(1, last)).squeeze(1)  # [B]
+    possible = torch.isfinite(psi_g)
+    score = torch.where(possible.unsqueeze(1), psi - psi_g.unsqueeze(1), torch.zeros_like(psi))
+    end_score = torch.where(possible, psi_end - psi_g, torch.zeros_like(psi_end))
+    new_state = {"ctc_x": x, "ctc_len": lengths, "ctc_labels": candidates,
+                 "ctc_r": torch.stack([rn_new, rb_new], dim=2), "ctc_psi": psi}  # fmt: skip
+    return score, end_score, new_state

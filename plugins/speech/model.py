@@ -27,6 +27,8 @@ from mmserve.plugins.nn.heads import CategoricalHead
 from mmserve.plugins.nn.vocab import Vocabulary
 from mmserve.plugins.speech.features import FeatureConfig
 
+CTC_CANDIDATES = 8  # characters per step that joint decoding scores with CTC (the speller's best)
+
 
 @dataclass
 class ListenerConfig:
@@ -162,6 +164,7 @@ class ListenAttendSpell(EncoderDecoder):
         self.decoder = AttentionDecoder(decoder)
         # CTC blank = <pad> (id 0), never a transcript character.
         self.ctc = nn.Linear(config.listener.memory_dim, len(vocab)) if config.listener.ctc else None
+        self._not_characters = [vocab.pad_id, vocab.bos_id, vocab.eos_id]  # what joint decoding never lets CTC score
 
     @property
     def frames_per_position(self) -> int:
@@ -196,17 +199,24 @@ class ListenAttendSpell(EncoderDecoder):
         state = self.decoder.init_state(memory)
         if self.joint_ctc:
             assert isinstance(memory, CTCMemory), "joint CTC decoding needs the memory from this model's encode"
-            state.update(ctc_initial_state(memory.ctc_log_probs, memory.ctc_lengths, blank=self.pad_id))
+            state.update(ctc_initial_state(memory.ctc_log_probs, memory.ctc_lengths, blank=self.pad_id, start_id=self.bos_id))
         return state
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         logits, new_state, attention = self.decoder.step(prev, state, memory)
         if not self.joint_ctc:
             return logits, new_state, attention
-        ctc_score, ctc_state = ctc_prefix_step(prev, {k: state[k] for k in CTC_KEYS}, self.bos_id, self.eos_id,
-                                               blank=self.pad_id, never=(self.bos_id,))  # fmt: skip
+        speller = torch.log_softmax(logits.double(), dim=-1)  # [B, V]
+        # CTC scores only the speller's best few characters (the rest keep -inf: they were
+        # never likely), and the end of the transcript.
+        choosable = speller.index_fill(1, torch.tensor(self._not_characters, device=speller.device), float("-inf"))
+        candidates = choosable.topk(min(CTC_CANDIDATES, choosable.shape[1] - len(self._not_characters)), dim=1).indices
+        score, end_score, ctc_state = ctc_prefix_step(prev, {k: state[k] for k in CTC_KEYS}, candidates, self.bos_id,
+                                                      self.eos_id, blank=self.pad_id)  # fmt: skip
         weight = self.config.ctc_decode_weight
-        joint = (1 - weight) * torch.log_softmax(logits.double(), dim=-1) + weight * ctc_score
+        joint = torch.full_like(speller, float("-inf"))
+        joint.scatter_(1, candidates, (1 - weight) * speller.gather(1, candidates) + weight * score)
+        joint[:, self.eos_id] = (1 - weight) * speller[:, self.eos_id] + weight * end_score
         new_state.update(ctc_state)
         return joint.to(logits.dtype), new_state, attention
 
