@@ -29,6 +29,35 @@ def action_vocabulary() -> Vocabulary:
     return Vocabulary(words)
 
 
+def caption_grammar(vocab: Vocabulary) -> torch.Tensor | None:
+    """Which token may follow which in a caption, bool [V, V] (row: the previous token), or
+    None when `vocab` is not the digit-action vocabulary.
+
+    "<subject> <verb> <word> [then <subject> <verb> <word>]...": after the start or "then" a
+    subject, after a subject a verb, after a verb one of its own words ("rotates" is followed
+    by "clockwise" or "anticlockwise", never "left"), after a word "then" or the end. What may
+    come next depends on the previous token only, so decoding needs no extra state.
+    """
+    if vocab.itos != action_vocabulary().itos:
+        return None
+    allowed = torch.zeros(len(vocab), len(vocab), dtype=torch.bool)
+    ids = vocab.stoi
+    subjects = [ids[w] for w in NUMBER_WORDS]
+    verbs: dict[str, list[str]] = {}
+    for action in ACTIONS:
+        verb, word = action.split()
+        verbs.setdefault(verb, []).append(word)
+    for before in (vocab.bos_id, ids[CONNECTIVE]):
+        allowed[before, subjects] = True
+    for subject in subjects:
+        allowed[subject, [ids[v] for v in verbs]] = True
+    for verb, words in verbs.items():
+        allowed[ids[verb], [ids[w] for w in words]] = True
+        for word in words:
+            allowed[ids[word], [ids[CONNECTIVE], vocab.eos_id]] = True
+    return allowed
+
+
 ACTION_LABELS = tuple(a.replace(" ", "_") for a in ACTIONS)  # "moves left" -> one token "moves_left"
 
 

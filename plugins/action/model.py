@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmserve.plugins.action.data import ClipBatch, collate_clips
+from mmserve.plugins.action.data import ClipBatch, caption_grammar, collate_clips
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
 from mmserve.plugins.nn.heads import CategoricalHead
@@ -219,6 +219,11 @@ class ActionRecognizer(EncoderDecoder):
         self.subjects = [i for i, w in enumerate(vocab.itos) if w in SUBJECT_WORDS]
         use = config.presence_head and bool(self.subjects)
         self.presence = nn.Linear(config.encoder.frame_dim, len(self.subjects)) if use else None
+        # Decoding writes only captions of the form "<subject> <verb> <word> [then ...]"; the
+        # table is derived from the vocabulary, not learned, so it is no part of the weights.
+        grammar = caption_grammar(vocab) if config.mode == "sequence" else None
+        self.register_buffer("grammar", grammar, persistent=False)
+        self.constrained = True  # False: the decoder's unconstrained choice (evaluation of the effect)
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -240,7 +245,10 @@ class ActionRecognizer(EncoderDecoder):
         return self.decoder.init_state(memory)
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
-        return self.decoder.step(prev, state, memory)
+        logits, state, attention = self.decoder.step(prev, state, memory)
+        if self.grammar is not None and self.constrained:  # only well-formed captions
+            logits = logits.masked_fill(~self.grammar[prev], float("-inf"))
+        return logits, state, attention
 
     def forward(self, batch: ClipBatch, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: inputs [B, L] -> logits [B, L, V], attention [B, L, N]."""

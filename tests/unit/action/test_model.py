@@ -6,10 +6,24 @@ import pytest
 import torch
 
 from mmserve.plugins.action.checkpoint import load_recognizer, save_recognizer
-from mmserve.plugins.action.clips import sample_clip
-from mmserve.plugins.action.data import ClipBatch, action_vocabulary, collate_clips
+from mmserve.plugins.action.clips import ACTIONS, sample_clip
+from mmserve.plugins.action.data import (
+    ClipBatch,
+    action_label_vocabulary,
+    action_vocabulary,
+    caption_grammar,
+    collate_clips,
+    parse_actions,
+)
 from mmserve.plugins.action.evaluate import score_predictions, truth
-from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss, clip_input
+from mmserve.plugins.action.model import (
+    SUBJECT_WORDS,
+    ActionConfig,
+    ActionRecognizer,
+    ClipEncoderConfig,
+    action_loss,
+    clip_input,
+)
 from mmserve.plugins.action.spans import attention_span, find_actions, group_actions, span_iou
 from mmserve.plugins.action.task import ActionTask, describe
 from mmserve.plugins.action.train import resolve_settings
@@ -173,3 +187,21 @@ def test_settings_are_checked():
 def test_collate_rejects_mixed_frame_sizes():
     with pytest.raises(AssertionError):
         collate_clips([])
+
+
+def test_grammar_allows_every_real_caption_and_decoding_writes_only_well_formed_ones():
+    grammar = caption_grammar(VOCAB)
+    for index in range(50):
+        ids = VOCAB.encode(sample_clip("train", index).caption)  # <bos> ... <eos>
+        assert all(bool(grammar[a, b]) for a, b in zip(ids, ids[1:])), sample_clip("train", index).caption
+    stoi = VOCAB.stoi
+    assert not grammar[stoi["rotates"], stoi["left"]] and not grammar[stoi["moves"], stoi["in"]]
+    assert not grammar[VOCAB.bos_id, stoi["moves"]] and not grammar[stoi["then"], VOCAB.eos_id]
+    model = tiny_model()  # untrained: left alone it writes anything
+    results = greedy_decode(model, model.encode(model.collate(random_clips([8, 12, 5], seed=2))), 13)
+    for result in results:
+        words = VOCAB.decode(result.tokens)
+        assert words and len(words) % 4 == 3, words  # whole "<subject> <verb> <word>" groups joined by "then"
+        for subject, action in parse_actions(words):
+            assert subject in SUBJECT_WORDS and action in ACTIONS, words
+    assert caption_grammar(action_label_vocabulary()) is None
