@@ -38,11 +38,13 @@ NEG_INF = float("-inf")
 KEYS = ("ctc_x", "ctc_len", "ctc_labels", "ctc_r", "ctc_psi")
 
 
-def ctc_initial_state(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int, start_id: int) -> State:
+def ctc_initial_state(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int, start_id: int, width: int = 1) -> State:
     """The CTC state of the empty prefix, for log-probabilities [B, T, V] with real lengths [B].
 
-    The empty prefix is stored as the one "candidate" `start_id`, so that the first step's
-    selection by its `prev` token (the start token) finds it."""
+    The empty prefix is stored as the "candidate" `start_id`, so that the first step's
+    selection by its `prev` token (the start token) finds it; `width` copies of it, the number
+    of candidates every later step keeps, so that the state of a new request has the shape of
+    the running rows' it joins (the engine pads only the position dimension)."""
     assert log_probs.dim() == 3, f"expected CTC log-probabilities [B, T, V], got {tuple(log_probs.shape)}"
     assert lengths.shape == log_probs.shape[:1], f"lengths {tuple(lengths.shape)} for {log_probs.shape[0]} rows"
     x = log_probs.double()  # cumulative sums over long inputs: float32 would lose the small terms
@@ -52,9 +54,9 @@ def ctc_initial_state(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int
     return {
         "ctc_x": x,
         "ctc_len": lengths.to(torch.long),
-        "ctc_labels": torch.full((batch, 1), start_id, dtype=torch.long, device=x.device),
-        "ctc_r": r.unsqueeze(-1),
-        "ctc_psi": x.new_zeros(batch, 1),
+        "ctc_labels": torch.full((batch, width), start_id, dtype=torch.long, device=x.device),
+        "ctc_r": r.unsqueeze(-1).expand(-1, -1, -1, width).contiguous(),
+        "ctc_psi": x.new_zeros(batch, width),
     }
 
 

@@ -165,6 +165,7 @@ class ListenAttendSpell(EncoderDecoder):
         # CTC blank = <pad> (id 0), never a transcript character.
         self.ctc = nn.Linear(config.listener.memory_dim, len(vocab)) if config.listener.ctc else None
         self._not_characters = [vocab.pad_id, vocab.bos_id, vocab.eos_id]  # what joint decoding never lets CTC score
+        self._ctc_candidates = min(CTC_CANDIDATES, len(vocab) - len(self._not_characters))
 
     @property
     def frames_per_position(self) -> int:
@@ -199,7 +200,8 @@ class ListenAttendSpell(EncoderDecoder):
         state = self.decoder.init_state(memory)
         if self.joint_ctc:
             assert isinstance(memory, CTCMemory), "joint CTC decoding needs the memory from this model's encode"
-            state.update(ctc_initial_state(memory.ctc_log_probs, memory.ctc_lengths, blank=self.pad_id, start_id=self.bos_id))
+            state.update(ctc_initial_state(memory.ctc_log_probs, memory.ctc_lengths, blank=self.pad_id,
+                                           start_id=self.bos_id, width=self._ctc_candidates))  # fmt: skip
         return state
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
@@ -210,7 +212,7 @@ class ListenAttendSpell(EncoderDecoder):
         # CTC scores only the speller's best few characters (the rest keep -inf: they were
         # never likely), and the end of the transcript.
         choosable = speller.index_fill(1, torch.tensor(self._not_characters, device=speller.device), float("-inf"))
-        candidates = choosable.topk(min(CTC_CANDIDATES, choosable.shape[1] - len(self._not_characters)), dim=1).indices
+        candidates = choosable.topk(self._ctc_candidates, dim=1).indices
         score, end_score, ctc_state = ctc_prefix_step(prev, {k: state[k] for k in CTC_KEYS}, candidates, self.bos_id,
                                                       self.eos_id, blank=self.pad_id)  # fmt: skip
         weight = self.config.ctc_decode_weight

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmserve.plugins.errors import InputError, PayloadTooLarge
+from mmserve.plugins.nn.decoding import DecodeParams, DecodingBatch, Sequence
 from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for
@@ -78,6 +79,42 @@ def test_batched_decoding_equals_one_by_one(beam, ctc_weight):
             alone = greedy_decode(model, one, 15)[0] if beam == 1 else beam_search(model, one, beam, 15, alpha=0.6)[0]
             assert alone.tokens == result.tokens
             assert alone.score == pytest.approx(result.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+@torch.no_grad()
+def test_joint_decoding_of_a_request_joining_a_running_batch_changes_nothing(beam):
+    """The engine joins new requests into the running batch: CTC state of other widths (frames)
+    and a fresh prefix meet rows already decoding."""
+    model = tiny_model()
+    model.config.ctc_decode_weight = 0.5
+    short, long = random_features([30], seed=6)[0], random_features([120], seed=7)[0]
+    params = DecodeParams(max_length=12, beam_size=beam, length_penalty=0.6)
+
+    def run(batch: DecodingBatch, results: dict, steps: int | None = None) -> None:
+        done = 0
+        while batch.live_sequences and (steps is None or done < steps):
+            results.update({seq.tag: result for seq, result in batch.step().finished})
+            done += 1
+
+    def add(batch: DecodingBatch, features: torch.Tensor, tag: str) -> None:
+        memory = model.encode(model.collate([features]))
+        batch.add(memory, model.init_state(memory), [Sequence(params, int(memory.mask.sum()), tag=tag)])
+
+    expected: dict = {}
+    for tag, features in (("short", short), ("long", long)):
+        alone = DecodingBatch(model, "cpu")
+        add(alone, features, tag)
+        run(alone, expected)
+    joined, results = DecodingBatch(model, "cpu"), {}
+    add(joined, short, "short")
+    run(joined, results, steps=2)
+    assert "short" not in results, "the short input must still be decoding when the long one joins"
+    add(joined, long, "long")
+    run(joined, results)
+    for tag in ("short", "long"):
+        assert results[tag].tokens == expected[tag].tokens, tag
+        assert results[tag].score == pytest.approx(expected[tag].score, abs=1e-4)
 
 
 def test_joint_ctc_decoding_changes_the_scores_and_round_trips_in_the_config():
