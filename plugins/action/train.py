@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     # so a training step runs only the projection, the temporal RNN and the decoder
     "cache_grids": False,
     "init_from": "",  # an artifact directory to start from (same architecture)
+    # with init_from: take only the parameters under these name prefixes, comma-separated
+    # (e.g. "encoder.cnn,decoder": the no-temporal baseline on a trained model's trunk)
+    "init_parts": "",
     # run
     "eval_every": 0,  # steps between validations (best-on-val weights are kept); 0: once per epoch
     "time_budget_s": 0.0,  # wall-clock budget of the whole run incl. pretraining (0: none)
@@ -149,6 +152,25 @@ class GridClips(Dataset):
         return self._cache[key], ids, spec.spans
 
 
+def load_parts(directory: Path, model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
+    """Load the parameters under `prefixes` from an artifact's weights into `model` (same
+    names and shapes); everything else keeps its fresh initialisation. Returns the names loaded."""
+    from safetensors.torch import load_file
+
+    assert prefixes, "init_parts names no parameter prefix"
+    state = load_file(str(directory / "weights.safetensors"))
+    reference = model.state_dict()
+    taken = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    for prefix in prefixes:
+        assert any(k.startswith(prefix) for k in taken), f"no parameter under {prefix!r} in {directory}"
+    wanted = {k for k in reference if k.startswith(prefixes)}
+    assert wanted == set(taken), f"{directory} does not match the model under {prefixes}: {sorted(wanted ^ set(taken))}"
+    for name, value in taken.items():
+        assert value.shape == reference[name].shape, f"{name}: {tuple(value.shape)} in {directory}, model {tuple(reference[name].shape)}"
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in taken.items()}, strict=False)
+    return sorted(taken)
+
+
 def _freeze(model: ActionRecognizer, stages: int) -> torch.nn.Module | None:
     """Fix the stem and the first `stages` stages of the frame CNN; returns them (None: nothing fixed)."""
     if stages <= 0:
@@ -184,7 +206,9 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
     label_mode = s["mode"] == "label"
     vocab = action_label_vocabulary() if label_mode else action_vocabulary()
     model = build_model(s, vocab, s["mode"])
-    if s["init_from"]:
+    if s["init_from"] and s["init_parts"]:
+        load_parts(Path(s["init_from"]), model, tuple(p.strip() for p in s["init_parts"].split(",") if p.strip()))
+    elif s["init_from"]:
         load_weights(Path(s["init_from"]), model)  # strict: the architecture must match
     model = model.to(device)
     pretrained = None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from mmserve.plugins.action.checkpoint import load_recognizer
+from mmserve.plugins.action.checkpoint import load_recognizer, save_recognizer
 from mmserve.plugins.action.clips import sample_clip
 from mmserve.plugins.action.data import ACTION_LABELS, ActionClips, action_label_vocabulary, action_vocabulary
 from mmserve.plugins.action.evaluate import evaluate_model
@@ -19,6 +20,7 @@ from mmserve.plugins.action.train import (
     _freeze,
     _train_mode,
     build_model,
+    load_parts,
     resolve_settings,
     train_recognizer,
 )
@@ -186,3 +188,24 @@ def test_bundled_single_label_model_names_one_action_with_a_span():
     out = describe(greedy_decode(model, model.encode(model.collate([clip])), 4)[0], model, include_attention=False)
     assert len(out["actions"]) == 1 and out["caption"].replace(" ", "_") in ACTION_LABELS
     assert out["actions"][0]["subject"] is None and out["actions"][0]["end_s"] > out["actions"][0]["start_s"]
+
+
+def test_init_parts_takes_the_trunk_and_decoder_of_a_temporal_model_for_the_pooled_baseline(tmp_path):
+    vocab = action_vocabulary()
+    settings = {**resolve_settings({}), "stem_width": 4, "stage_widths": [8, 8], "frame_dim": 16, "temporal_hidden": 8,
+                "embed_dim": 8, "hidden_dim": 16, "attn_dim": 8}  # fmt: skip
+    torch.manual_seed(0)
+    full = build_model(settings, vocab)
+    save_recognizer(full, tmp_path, {})
+    torch.manual_seed(1)
+    baseline = build_model({**settings, "temporal": "none"}, vocab)
+    before = {k: v.clone() for k, v in baseline.state_dict().items()}
+    names = load_parts(tmp_path, baseline, ("encoder.cnn", "decoder"))
+    assert names and all(n.startswith(("encoder.cnn", "decoder")) for n in names)
+    for name, value in baseline.state_dict().items():
+        if name in names:
+            torch.testing.assert_close(value, full.state_dict()[name])
+        else:  # the presence head and anything else keep their own initialisation
+            torch.testing.assert_close(value, before[name])
+    with pytest.raises(AssertionError, match="no parameter under"):
+        load_parts(tmp_path, baseline, ("encoder.rnn_that_is_not_there",))
