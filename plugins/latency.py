@@ -9,8 +9,11 @@ and the real-time factor (wall time to answer every upload / seconds of media in
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +67,14 @@ def measure(
                      "requests_per_s": round(len(uploads) / wall, 2),
                      "rtf": round(wall / media_s, 3)})  # fmt: skip
     return rows
+
+
+def main(description: str, task: str, uploads: Callable[[int], list[Upload]]) -> None:
+    """The command line of a task's latency client: `uploads(count)` builds its test uploads."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--task", default=task, help="the task's name on the server")
+    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args()
+    print(json.dumps(measure(f"{args.url}/v1/{args.task}", uploads(args.clips), args.concurrency), indent=1))

@@ -9,10 +9,7 @@ throughput, and the real-time factor (wall time / seconds of video).
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from mmserve.plugins.latency import Upload, measure
+from mmserve.plugins.latency import Upload, main
 
 FPS = 8
 FRAMES = 2 * FPS  # 2 seconds
@@ -33,16 +30,5 @@ def two_second_clips(count: int, seed: int = 0) -> list[Upload]:
     return uploads
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--task", default="action")
-    parser.add_argument("--clips", type=int, default=48)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    args = parser.parse_args()
-    rows = measure(f"{args.url}/v1/{args.task}", two_second_clips(args.clips), args.concurrency)
-    print(json.dumps(rows, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, "action", two_second_clips)

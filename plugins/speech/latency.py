@@ -8,14 +8,12 @@ time to answer every clip / total audio seconds; below 1 is faster than real tim
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import wave
 
 import numpy as np
 
-from mmserve.plugins.latency import Upload, measure
+from mmserve.plugins.latency import Upload, main
 
 
 def pcm16_wav(samples: np.ndarray, rate: int = 16000) -> bytes:
@@ -29,20 +27,14 @@ def pcm16_wav(samples: np.ndarray, rate: int = 16000) -> bytes:
     return out.getvalue()
 
 
-def main() -> None:
+def held_out_uploads(count: int) -> list[Upload]:
+    """The first `count` test-split clips as 16-bit WAV uploads."""
     from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, default_cache_dir, split_dir
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--task", default="speech")
-    parser.add_argument("--clips", type=int, default=48)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    args = parser.parse_args()
     test = SpeechClips(split_dir(default_cache_dir(), "test", SPLIT_SIZES))
-    waves = [test.wave(i) for i in range(min(args.clips, len(test)))]
-    uploads = [Upload("clip.wav", pcm16_wav(w), "audio/wav", len(w) / 16000) for w in waves]
-    print(json.dumps(measure(f"{args.url}/v1/{args.task}", uploads, args.concurrency), indent=1))
+    waves = [test.wave(i) for i in range(min(count, len(test)))]
+    return [Upload("clip.wav", pcm16_wav(w), "audio/wav", len(w) / 16000) for w in waves]
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, "speech", held_out_uploads)
