@@ -42,22 +42,29 @@ def score_predictions(
     prediction is IoU 0), over every true action."""
     assert len(specs) == len(predictions), f"{len(specs)} clips vs {len(predictions)} predictions"
     exact, actions, right, subjects, verbs, hits, hits_right, ious = 0, 0, 0, 0, 0, 0, 0, []
+    counted, two_actor_actions, two_actor_subjects = 0, 0, 0  # diagnostics: where the errors are
     for spec, predicted in zip(specs, predictions):
         true = truth(spec)
         exact += [(s, a) for s, a, _ in true] == [(s, a) for s, a, _ in predicted]
+        counted += len(predicted) == len(true)
         for k, (subject, action, span) in enumerate(true):
             actions += 1
+            two_actor_actions += len(spec.actors) == 2
             guess = predicted[k] if k < len(predicted) else None
             iou = span_iou(span, guess[2]) if guess is not None and guess[2][1] >= guess[2][0] else 0.0
             ious.append(iou)
             hits += iou >= 0.5
             if guess is not None:
                 subjects += guess[0] == subject
+                two_actor_subjects += guess[0] == subject and len(spec.actors) == 2
                 verbs += guess[1] == action
                 if guess[:2] == (subject, action):
                     right += 1
                     hits_right += iou >= 0.5
     return {
+        "action_count_accuracy": counted / max(len(specs), 1),  # as many actions named as done
+        # of the actions in clips with two named digits: the right one of the two named
+        "two_digit_subject_accuracy": two_actor_subjects / max(two_actor_actions, 1),
         "exact_sequence_accuracy": exact / max(len(specs), 1),
         "per_action_accuracy": right / max(actions, 1),
         "subject_accuracy": subjects / max(actions, 1),

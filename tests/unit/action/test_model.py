@@ -151,6 +151,14 @@ def test_scores_count_order_subjects_and_localisation():
     scores = score_predictions([spec], [shifted])
     assert scores["per_action_accuracy"] == 1.0 and scores["localisation_iou50"] == 0.0
     assert score_predictions([spec], [true[:1]])["per_action_accuracy"] == 0.5
+    assert score_predictions([spec], [true[:1]])["action_count_accuracy"] == 0.0
+    assert scores["action_count_accuracy"] == 1.0
+    two = next(sample_clip("test", i) for i in range(100) if len(sample_clip("test", i).actors) == 2)
+    other = {a.label for a in two.actors}
+    wrong_digit = [(next(w for w in SUBJECT_WORDS if w != s and SUBJECT_WORDS.index(w) in other), a, span)
+                   for s, a, span in truth(two)]  # fmt: skip
+    assert score_predictions([two], [truth(two)])["two_digit_subject_accuracy"] == 1.0
+    assert score_predictions([two], [wrong_digit])["two_digit_subject_accuracy"] == 0.0
 
 
 def test_artifact_round_trip_and_postprocess(tmp_path):
