@@ -82,6 +82,13 @@ class StepEvents:
     items: list[tuple[Sequence, Any]] = field(default_factory=list)
     finished: list[tuple[Sequence, DecodeResult]] = field(default_factory=list)
     emitted: int = 0  # outputs chosen this step, over all rows
+    failed: list[tuple[Sequence, Exception]] = field(default_factory=list)  # the model raised on them
+
+    def extend(self, other: StepEvents) -> None:
+        self.items += other.items
+        self.finished += other.finished
+        self.emitted += other.emitted
+        self.failed += other.failed
 
 
 class DecodingBatch:
@@ -192,6 +199,26 @@ class DecodingBatch:
         slot = 0
         for seq in self.sequences:
             seq.slot, slot = slot, slot + seq.width
+
+    def split(self) -> list[DecodingBatch]:
+        """One batch per live sequence, each holding exactly that sequence's rows and progress
+        (after a failed step, to find which sequence the model fails on). This batch is left empty."""
+        self.compact(force=True)
+        parts = []
+        for seq in self.sequences:
+            rows = np.arange(seq.slot, seq.slot + seq.width)
+            index = torch.from_numpy(rows).to(self.prev.device)
+            part = DecodingBatch(self.model, self.device)
+            part.sequences, part.memory = [seq], self.memory.select(index).trim()
+            part.state, part.prev, part.sampling = select_state(self.state, index), self.prev[index], self.sampling.select(index)
+            part.alive, part.lengths, part.scores = self.alive[rows], self.lengths[rows], self.scores[rows]
+            part.history, part.attention = self.history[rows], [self.attention[r] for r in rows]
+            part.owner = [self.owner[r] for r in rows]
+            part.single, part.streaming, part.max_length = self.single[rows], self.streaming[rows], self.max_length[rows]
+            seq.slot = 0
+            parts.append(part)
+        self._clear()
+        return parts
 
     def _clear(self) -> None:
         self.sequences, self.memory, self.state, self.prev, self.sampling = [], None, None, None, None
@@ -359,8 +386,9 @@ class LengthBuckets:
 
     def __init__(self, model: EncoderDecoder, device: torch.device | str, enabled: bool = True):
         self.model, self.device, self.enabled = model, device, enabled
-        self.batches: dict[int, DecodingBatch] = {}
-        self._bucket_of: dict[int, int] = {}  # id(sequence) -> bucket
+        # bucket -> its batch; ("isolated", id(sequence)) -> a sequence split off after a failed step
+        self.batches: dict[Any, DecodingBatch] = {}
+        self._bucket_of: dict[int, Any] = {}  # id(sequence) -> its key in `batches`
 
     @property
     def live_sequences(self) -> int:
@@ -393,21 +421,52 @@ class LengthBuckets:
             self.batches[bucket].drop(sequence)
 
     def step(self, generator: torch.Generator | None = None) -> StepEvents:
-        """One step of every bucket that has live rows; their events together."""
+        """One step of every batch that has live rows; their events together.
+
+        When the model raises on a batch's step, that batch is split into one batch per
+        sequence and each is stepped alone: the sequences the model still fails on are
+        reported in `events.failed` and dropped; the others go on, in their own batches until
+        they end, having lost nothing (a failed step changes no row)."""
         events = StepEvents()
-        for batch in list(self.batches.values()):
+        for key, batch in list(self.batches.items()):
             if not batch.live_sequences:
+                if isinstance(key, tuple):  # an isolated sequence's batch, done
+                    del self.batches[key]
                 continue
-            part = batch.step(generator)
-            events.items += part.items
-            events.finished += part.finished
-            events.emitted += part.emitted
-            for seq, _ in part.finished:
-                self._bucket_of.pop(id(seq), None)
+            try:
+                events.extend(batch.step(generator))
+            except Exception as error:
+                if batch.live_sequences == 1:
+                    events.failed += self._fail(batch, key, error)
+                else:
+                    self._isolate(key, batch, events, generator)
+        for seq, _ in events.finished:
+            self._bucket_of.pop(id(seq), None)
         return events
 
+    def _isolate(self, key: Any, batch: DecodingBatch, events: StepEvents, generator: torch.Generator | None) -> None:
+        del self.batches[key]
+        for part in batch.split():
+            seq = part.sequences[0]
+            alone = ("isolated", id(seq))
+            self.batches[alone] = part
+            self._bucket_of[id(seq)] = alone
+            try:
+                events.extend(part.step(generator))
+            except Exception as error:
+                events.failed += self._fail(part, alone, error)
+
+    def _fail(self, batch: DecodingBatch, key: Any, error: Exception) -> list[tuple[Sequence, Exception]]:
+        """The model raised on this batch's step with one sequence in it: drop it."""
+        seq = next(s for s in batch.sequences if not s.done)
+        batch.drop(seq)
+        self._bucket_of.pop(id(seq), None)
+        if isinstance(key, tuple):
+            del self.batches[key]
+        return [(seq, error)]
+
     def fail_all(self) -> list[Sequence]:
-        """Drop every live sequence (after a failed step); returns them."""
+        """Drop every live sequence (after an unexpected failure); returns them."""
         failed = [s for b in self.batches.values() for s in b.sequences if not s.done]
         for seq in failed:
             self.drop(seq)

@@ -388,15 +388,21 @@ class TaskEngine:
         if self.metrics:
             self.metrics.decode_batch.labels(self.task).observe(batch.live_rows)
         try:
-            events: StepEvents = batch.step()
-        except Exception as exc:
+            events: StepEvents = batch.step()  # a step the model fails on is retried row by row
+        except Exception as exc:  # not the model's: fail what is decoding rather than hang it
             log.exception("decode step for %s failed", self.task)
             failed = batch.fail_all()
             for sequence in failed:
                 live.pop(id(sequence.tag), None)
-            _deliver_all([(s.tag, RuntimeError(f"model failed while decoding: {exc}")) for s in failed])
+            _deliver_all([(s.tag, ModelFailed(f"model failed while decoding: {type(exc).__name__}: {exc}")) for s in failed])
             return
         outcomes: list[tuple[_Request, Any]] = [(seq.tag, ("item", item)) for seq, item in events.items]
+        for sequence, error in events.failed:
+            log.error("decoding one input for %s failed: %s: %s", self.task, type(error).__name__, error)
+            live.pop(id(sequence.tag), None)
+            if not isinstance(error, InputError):  # a plugin's own input error keeps its 4xx
+                error = ModelFailed(f"model failed while decoding: {type(error).__name__}: {error}")
+            outcomes.append((sequence.tag, error))
         for sequence, result in events.finished:
             live.pop(id(sequence.tag), None)
             if sequence.width > 1 and sequence.tag.on_token is not None:  # beams stream at the end
