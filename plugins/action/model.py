@@ -57,6 +57,13 @@ class ClipEncoderConfig:
     # frames are grey: the three equal channels carried nothing more). Artifacts without the
     # key are "pixels".
     input: str = "pixels"
+    # Vertical strips of the frame that are separate memory positions: the memory is then
+    # [T * regions] (frame t's strip r at t * regions + r), each strip with its own feature
+    # projection and the temporal RNN shared. With two digits, one per half, the decoder's
+    # attention lands on the strip where the action happens and reads *that* digit there:
+    # naming the right one of two is binding what moves to what it is, which one feature
+    # vector per frame left to be learnt. 1: one position per frame (artifacts without the key).
+    regions: int = 1
     # The pace the model was trained at: requests are sampled at this many frames per second
     # unless they ask otherwise, and at most `default_frames` frames.
     default_fps: float = 8.0
@@ -70,6 +77,7 @@ class ClipEncoderConfig:
         assert self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}"
         assert self.temporal in TEMPORAL, f"temporal must be one of {TEMPORAL}, got {self.temporal!r}"
         assert self.input in INPUTS, f"input must be one of {INPUTS}, got {self.input!r}"
+        assert self.regions >= 1, f"regions must be >= 1, got {self.regions}"
         assert len(self.stage_strides) == len(self.stage_widths), "one stride per stage"
         assert all(s in (1, 2) for s in self.stage_strides), f"stage strides must be 1 or 2, got {self.stage_strides}"
 
@@ -117,7 +125,8 @@ def clip_input(frames: torch.Tensor, lengths: torch.Tensor, c: ClipEncoderConfig
 
 
 class FrameCNN(nn.Module):
-    """frames [N, 3, H, W] (normalised) -> features [N, frame_dim], from the flattened grid."""
+    """frames [N, 3, H, W] (normalised) -> features [N, frame_dim] from the flattened grid, or
+    [N, regions, frame_dim] (one per vertical strip of the grid) when `regions` > 1."""
 
     def __init__(self, c: ClipEncoderConfig):
         super().__init__()
@@ -127,19 +136,33 @@ class FrameCNN(nn.Module):
         for stride in (c.stem_stride, *c.stage_strides):  # 3x3 convs, padding 1
             h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
         self.grid = (h, w)
+        self.regions = c.regions
+        assert w % c.regions == 0, f"the grid's {w} columns do not split into {c.regions} regions"
         # The flattened grid keeps *where* ("moves left" is a change of place, which pooling
         # erases); the max-pooled coarse grid says *what*, wherever it is.
         self.pool = nn.AdaptiveMaxPool2d(c.pool_grid) if all(c.pool_grid) else None
         pooled = width * c.pool_grid[0] * c.pool_grid[1] if self.pool is not None else 0
-        self.project = nn.Sequential(nn.Linear(width * h * w + pooled, c.frame_dim), nn.ReLU(inplace=True))
+        features = width * h * (w // c.regions) + pooled
+        if c.regions == 1:
+            self.project = nn.Sequential(nn.Linear(features, c.frame_dim), nn.ReLU(inplace=True))
+        else:  # each strip its own projection: where a digit sits within its strip still counts
+            self.region_project = nn.ModuleList(
+                nn.Sequential(nn.Linear(features, c.frame_dim), nn.ReLU(inplace=True)) for _ in range(c.regions)
+            )
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.from_grid(self.body(frames))
 
     def from_grid(self, grid: torch.Tensor) -> torch.Tensor:
-        """The trunk's grid [N, C, h, w] -> frame features [N, frame_dim]."""
+        """The trunk's grid [N, C, h, w] -> frame features [N, frame_dim] (or [N, R, frame_dim])."""
+        if self.regions == 1:
+            return self.project(self._describe(grid))  # [N, frame_dim]
+        strips = grid.chunk(self.regions, dim=3)  # R x [N, C, h, w / R]
+        return torch.stack([project(self._describe(strip)) for project, strip in zip(self.region_project, strips)], dim=1)
+
+    def _describe(self, grid: torch.Tensor) -> torch.Tensor:
         parts = [grid.flatten(1)] + ([self.pool(grid).flatten(1)] if self.pool is not None else [])
-        return self.project(torch.cat(parts, dim=1))  # [N, frame_dim]
+        return torch.cat(parts, dim=1)
 
 
 class ClipEncoder(nn.Module):
@@ -164,7 +187,7 @@ class ClipEncoder(nn.Module):
         return self.temporal(features, mask, batch.lengths)
 
     def frame_features(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-frame CNN features [B, T, F] (zeros on padding) and the mask [B, T]."""
+        """Per-frame CNN features [B, T, F] or [B, T, R, F] (zeros on padding) and the mask [B, T]."""
         frames, lengths = batch.frames, batch.lengths
         c = self.config
         assert frames.dim() == 5 and tuple(frames.shape[2:]) == (3, *c.frame_size), (
@@ -175,22 +198,33 @@ class ClipEncoder(nn.Module):
         batch_size, steps = frames.shape[:2]
         mask = torch.arange(steps, device=frames.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
         real = clip_input(frames, lengths, c)[mask]  # only real frames reach the CNN
-        features = real.new_zeros(batch_size, steps, c.frame_dim)
-        features[mask] = self.cnn(real)  # [B, T, F]
+        per_frame = self.cnn(real)  # [N_real, F] or [N_real, R, F]
+        features = per_frame.new_zeros(batch_size, steps, *per_frame.shape[1:])
+        features[mask] = per_frame
         return features, mask
 
     def temporal(self, features: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frame features [B, T, F] -> memory values [B, N, D] and mask [B, N]."""
+        """Frame features [B, T, F] (or [B, T, R, F]) -> memory values [B, N, D] and mask [B, N],
+        N = T (or T * R, frame-major)."""
         batch_size, steps = mask.shape
+        regions = features.shape[2] if features.dim() == 4 else 1
+        if regions > 1:  # every strip is a sequence of its own through the shared RNN
+            features = features.transpose(1, 2).reshape(batch_size * regions, steps, -1)  # [B*R, T, F]
+            lengths, mask = lengths.repeat_interleave(regions), mask.repeat_interleave(regions, dim=0)
         if self.rnn is None:
             weights = mask.unsqueeze(-1).to(features.dtype)
-            pooled = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)  # [B, 1, F]
-            return pooled, mask.new_ones(batch_size, 1)
-        # Packing makes the backward direction start at each clip's own last frame, so a clip
-        # encodes the same alone or padded in a batch.
-        packed = pack_padded_sequence(features, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        values, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=steps)  # [B, T, 2H]
-        return values, mask
+            values = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)  # [B*R, 1, F]
+            mask = mask.new_ones(mask.shape[0], 1)
+        else:
+            # Packing makes the backward direction start at each clip's own last frame, so a
+            # clip encodes the same alone or padded in a batch.
+            packed = pack_padded_sequence(features, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            values, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=steps)  # [B*R, T, 2H]
+        if regions == 1:
+            return values, mask
+        positions = values.shape[1]
+        values = values.view(batch_size, regions, positions, -1).transpose(1, 2).reshape(batch_size, positions * regions, -1)
+        return values, mask.view(batch_size, regions, positions).transpose(1, 2).reshape(batch_size, positions * regions)
 
 
 class ActionRecognizer(EncoderDecoder):
@@ -230,6 +264,10 @@ class ActionRecognizer(EncoderDecoder):
         return self.config.encoder.frame_size
 
     @property
+    def regions(self) -> int:
+        return self.config.encoder.regions
+
+    @property
     def pooled(self) -> bool:
         """True for the no-temporal-encoder baseline: one memory position stands for every frame."""
         return self.config.encoder.temporal == "none"
@@ -267,8 +305,8 @@ class ActionRecognizer(EncoderDecoder):
         """forward_train from the trunk's grids [B, T, C, h, w] (a fixed, cached trunk; zeros on padding)."""
         batch_size, steps = grids.shape[:2]
         mask = torch.arange(steps, device=grids.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
-        real = self.encoder.cnn.from_grid(grids[mask].float())  # [N_real, F]
-        features = real.new_zeros(batch_size, steps, real.shape[-1])
+        real = self.encoder.cnn.from_grid(grids[mask].float())  # [N_real, F] or [N_real, R, F]
+        features = real.new_zeros(batch_size, steps, *real.shape[1:])
         features[mask] = real
         return self.forward_train_features(features, mask, lengths, inputs)
 
@@ -280,7 +318,8 @@ class ActionRecognizer(EncoderDecoder):
         logits, attention = self.decoder.forward_teacher(self.decoder.prepare_memory(values, memory_mask), inputs)
         presence = None
         if self.presence is not None:
-            pooled = features.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)  # [B, F]
+            every = features if features.dim() == 4 else features.unsqueeze(2)  # [B, T, R, F]
+            pooled = every.masked_fill(~mask[:, :, None, None], float("-inf")).amax(dim=(1, 2))  # [B, F]
             presence = self.presence(pooled)
         return logits, attention, presence
 
@@ -290,10 +329,17 @@ class ActionRecognizer(EncoderDecoder):
         return (captions.unsqueeze(-1) == ids).any(dim=1).float()
 
     def frame_attention(self, attention: torch.Tensor, length: int) -> torch.Tensor:
-        """Attention rows [L, N] of one clip -> weights over its frames [L, length]."""
+        """Attention rows [L, N] of one clip -> weights over its frames [L, length] (a frame's
+        regions summed)."""
         if self.pooled:  # the single position is every frame alike
             return attention.sum(-1, keepdim=True).expand(-1, length) / length
-        return attention[:, :length]
+        return self.frames_of(attention[..., : length * self.regions])
+
+    def frames_of(self, attention: torch.Tensor) -> torch.Tensor:
+        """Attention [..., T * R] over memory positions -> [..., T] over frames."""
+        if self.regions == 1 or self.pooled:
+            return attention
+        return attention.unflatten(-1, (-1, self.regions)).sum(-1)
 
 
 def action_loss(

@@ -111,7 +111,7 @@ def describe(
     kept = [i for i, t in enumerate(result.tokens) if t not in skip]
     words = [model.vocab.itos[result.tokens[i]] for i in kept]
     rows = result.attention[kept] if result.attention is not None and kept else None
-    frames = rows.shape[-1] if rows is not None else 0
+    frames = rows.shape[-1] // (1 if model.pooled else model.regions) if rows is not None else 0
     attention = model.frame_attention(rows, frames) if rows is not None and not model.pooled else rows
     period = 1.0 / model.config.encoder.default_fps
     times = frame_times or [k * period for k in range(max(frames, 1))]

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "temporal": "bigru",  # bigru | bilstm | none (the mean-pooled baseline)
     "temporal_hidden": 64,
     "input": "pixels",  # pixels | motion (grey level plus differences to the neighbouring frames)
+    "regions": 1,  # vertical strips of the frame as separate memory positions (see ClipEncoderConfig)
     # decoder (the shared AttentionDecoder)
     "cell": "lstm",
     "attention": "bahdanau",
@@ -78,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
     # with init_from: take only the parameters under these name prefixes, comma-separated
     # (e.g. "encoder.cnn,decoder": the no-temporal baseline on a trained model's trunk)
     "init_parts": "",
+    # a one-region artifact to start a `regions` > 1 model from: every weight taken as it is,
+    # and each region's projection from the columns of the frame projection that see its strip
+    "init_regions_from": "",
     # run
     "eval_every": 0,  # steps between validations (best-on-val weights are kept); 0: once per epoch
     "time_budget_s": 0.0,  # wall-clock budget of the whole run incl. pretraining (0: none)
@@ -103,6 +107,7 @@ def build_model(settings: dict[str, Any], vocab: Vocabulary, mode: str = "sequen
         temporal=settings["temporal"],
         temporal_hidden=settings["temporal_hidden"],
         input=settings["input"],
+        regions=settings["regions"],
     )
     decoder = DecoderConfig(
         vocab_size=len(vocab),
@@ -171,6 +176,29 @@ def load_parts(directory: Path, model: torch.nn.Module, prefixes: tuple[str, ...
     return sorted(taken)
 
 
+def regions_from(directory: Path, model: ActionRecognizer) -> None:
+    """Start a `regions` > 1 model from a one-region artifact of the same trunk: each strip's
+    projection gets the old frame projection's weights on that strip's grid columns (and on
+    the pooled grid), so at the start a strip's feature is the old frame feature restricted to
+    what the strip shows; every other weight is taken as it is."""
+    from safetensors.torch import load_file
+
+    cnn = model.encoder.cnn
+    assert cnn.regions > 1, "init_regions_from needs a model with regions > 1"
+    state = load_file(str(directory / "weights.safetensors"))
+    weight, bias = state.pop("encoder.cnn.project.0.weight"), state.pop("encoder.cnn.project.0.bias")
+    channels, (h, w) = cnn.channels, cnn.grid
+    flat = weight[:, : channels * h * w].view(-1, channels, h, w)  # [F, C, h, w]
+    pooled = weight[:, channels * h * w :]
+    reference = model.state_dict()
+    for r, strip in enumerate(flat.chunk(cnn.regions, dim=3)):
+        state[f"encoder.cnn.region_project.{r}.0.weight"] = torch.cat([strip.flatten(1), pooled], dim=1)
+        state[f"encoder.cnn.region_project.{r}.0.bias"] = bias.clone()
+    missing, unexpected = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
+    assert not missing and not unexpected, f"{directory} does not fit the model: missing {missing}, unexpected {unexpected}"
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+
+
 def _freeze(model: ActionRecognizer, stages: int) -> torch.nn.Module | None:
     """Fix the stem and the first `stages` stages of the frame CNN; returns them (None: nothing fixed)."""
     if stages <= 0:
@@ -206,7 +234,9 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
     label_mode = s["mode"] == "label"
     vocab = action_label_vocabulary() if label_mode else action_vocabulary()
     model = build_model(s, vocab, s["mode"])
-    if s["init_from"] and s["init_parts"]:
+    if s["init_regions_from"]:
+        regions_from(Path(s["init_regions_from"]), model)
+    elif s["init_from"] and s["init_parts"]:
         load_parts(Path(s["init_from"]), model, tuple(p.strip() for p in s["init_parts"].split(",") if p.strip()))
     elif s["init_from"]:
         load_weights(Path(s["init_from"]), model)  # strict: the architecture must match
@@ -219,7 +249,8 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
         logger.log_metrics({"pretrain_digit_accuracy": pretrained.digit_accuracy,
                             "pretrain_false_alarms": pretrained.false_alarms}, step=0)  # fmt: skip
         tqdm.write(f"pretrained trunk: {pretrained}", file=sys.stderr)  # always: the logs of background runs
-    frozen = _freeze(model, s["freeze_stages"]) if pretrained is not None or s["init_from"] else None
+    started_trained = pretrained is not None or s["init_from"] or s["init_regions_from"]
+    frozen = _freeze(model, s["freeze_stages"]) if started_trained else None
     cache_grids = s["cache_grids"] and frozen is not None and s["freeze_stages"] >= len(s["stage_widths"])
     assert cache_grids or not s["cache_grids"], "cache_grids needs every stage fixed (freeze_stages) after pretraining or init_from"
     clips = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size, pool=s["clip_pool"],
@@ -276,7 +307,8 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
             else:
                 logits, attention, presence = model.forward_train(clips, captions[:, :-1])  # token t+1 from tokens <= t
             # label mode: the class token (position 0) attends to the action's frames
-            loss, ce = action_loss(logits, captions[:, 1:], attention, vocab.pad_id, spans, s["attention_supervision"],
+            # supervised over frames: where in a frame (which region) is the model's to find
+            loss, ce = action_loss(logits, captions[:, 1:], model.frames_of(attention), vocab.pad_id, spans, s["attention_supervision"],
                                    words_per_action=2 if label_mode else 4)  # fmt: skip
             if presence is not None and s["presence_weight"] > 0:
                 targets = model.presence_targets(captions)

@@ -26,17 +26,19 @@ from mmserve.plugins.action.model import (
 )
 from mmserve.plugins.action.spans import attention_span, find_actions, group_actions, span_iou
 from mmserve.plugins.action.task import ActionTask, describe
-from mmserve.plugins.action.train import resolve_settings
+from mmserve.plugins.action.train import regions_from, resolve_settings
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.nn.search import DecodeResult, greedy_decode
 
 VOCAB = action_vocabulary()
 
 
-def tiny_model(temporal: str = "bigru", cell: str = "lstm", attention: str = "bahdanau", input: str = "pixels") -> ActionRecognizer:
+def tiny_model(
+    temporal: str = "bigru", cell: str = "lstm", attention: str = "bahdanau", input: str = "pixels", regions: int = 1
+) -> ActionRecognizer:
     torch.manual_seed(0)
     enc = ClipEncoderConfig(stem_width=4, stage_widths=(8, 8), frame_dim=16, temporal=temporal, temporal_hidden=8,
-                            input=input)  # fmt: skip
+                            input=input, regions=regions)  # fmt: skip
     dec = DecoderConfig(vocab_size=len(VOCAB), memory_dim=enc.memory_dim, embed_dim=8, hidden_dim=16, attn_dim=8,
                         cell=cell, attention=attention)  # fmt: skip
     return ActionRecognizer(ActionConfig(enc, dec), VOCAB).eval()
@@ -47,28 +49,32 @@ def random_clips(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (n, 3, 32, 48), dtype=torch.uint8, generator=gen) for n in lengths]
 
 
-@pytest.mark.parametrize("input", ["pixels", "motion"])
-def test_mask_comes_from_the_lengths_and_padding_is_never_read(input):
-    model = tiny_model(input=input)
+@pytest.mark.parametrize(("input", "regions"), [("pixels", 1), ("motion", 1), ("motion", 2)])
+def test_mask_comes_from_the_lengths_and_padding_is_never_read(input, regions):
+    model = tiny_model(input=input, regions=regions)
     clips = random_clips([5, 9, 2])
     batch = model.collate(clips)
     memory = model.encode(batch)
-    assert memory.values.shape == (3, 9, 16) and memory.mask.tolist() == [[i < n for i in range(9)] for n in (5, 9, 2)]
+    r = regions  # frame t's regions are positions t * r .. t * r + r - 1
+    assert memory.values.shape == (3, 9 * r, 16)
+    assert memory.mask.tolist() == [[i < n * r for i in range(9 * r)] for n in (5, 9, 2)]
     garbage = ClipBatch(batch.frames.clone(), batch.lengths)
     for row, n in enumerate((5, 9, 2)):
         garbage.frames[row, n:] = 200  # whatever sits in the padding must not matter
     torch.testing.assert_close(model.encode(garbage).values * memory.mask.unsqueeze(-1), memory.values * memory.mask.unsqueeze(-1))
     state = model.init_state(memory)
     _, _, attention = model.step(torch.full((3,), VOCAB.bos_id), state, memory)
-    assert attention.shape == (3, 9) and float(attention.detach()[~memory.mask].abs().max()) == 0.0
+    assert attention.shape == (3, 9 * r) and float(attention.detach()[~memory.mask].abs().max()) == 0.0
     torch.testing.assert_close(attention.sum(1), torch.ones(3))
 
 
 @pytest.mark.parametrize(("temporal", "cell", "attention", "input"),
                          [("bigru", "lstm", "bahdanau", "pixels"), ("bilstm", "gru", "luong_general", "pixels"),
-                          ("none", "rnn", "bahdanau", "pixels"), ("bigru", "lstm", "bahdanau", "motion")])  # fmt: skip
+                          ("none", "rnn", "bahdanau", "pixels"), ("bigru", "lstm", "bahdanau", "motion"),
+                          ("bigru", "lstm", "bahdanau", "regions"), ("none", "lstm", "bahdanau", "regions")])  # fmt: skip
 def test_batched_decoding_equals_one_by_one(temporal, cell, attention, input):
-    model = tiny_model(temporal, cell, attention, input)
+    regions = 2 if input == "regions" else 1
+    model = tiny_model(temporal, cell, attention, "motion" if regions > 1 else input, regions)
     clips = random_clips([7, 16, 3, 11], seed=1)
     batched = greedy_decode(model, model.encode(model.collate(clips)), 8)
     for clip, together in zip(clips, batched):
@@ -213,3 +219,32 @@ def test_grammar_allows_every_real_caption_and_decoding_writes_only_well_formed_
         for subject, action in parse_actions(words):
             assert subject in SUBJECT_WORDS and action in ACTIONS, words
     assert caption_grammar(action_label_vocabulary()) is None
+
+
+def test_regions_are_positions_whose_attention_sums_to_frames():
+    model = tiny_model(regions=2)
+    attention = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0, 0.0]])  # frames 0, 1 (2 regions each), padding
+    torch.testing.assert_close(model.frame_attention(attention, 2), torch.tensor([[0.3, 0.7]]))
+    frames = random_clips([6], seed=5)
+    result = greedy_decode(model, model.encode(model.collate(frames)), 7)[0]
+    assert result.attention.shape[1] == 12
+    body = describe(result, model, include_attention=True)
+    assert all(len(row["frames"]) == 6 for row in body["attention"])
+    assert all(0 <= a["start_s"] <= a["end_s"] for a in body["actions"])
+
+
+def test_a_one_region_artifact_starts_a_two_region_model(tmp_path):
+    one, two = tiny_model(), tiny_model(regions=2)
+    save_recognizer(one, tmp_path, {})
+    regions_from(tmp_path, two)
+    old = one.encoder.cnn.project[0]
+    grid = torch.randn(3, 8, *one.encoder.cnn.grid)  # [N, C, h, w]
+    pooled = torch.randn(3, old.in_features - grid[0].numel())
+    for r, strip in enumerate(grid.chunk(2, dim=3)):
+        shown = torch.zeros_like(grid)  # the old projection seeing only this strip's columns
+        shown[..., r * strip.shape[3] : (r + 1) * strip.shape[3]] = strip
+        expected = old(torch.cat([shown.flatten(1), pooled], dim=1))
+        got = two.encoder.cnn.region_project[r][0](torch.cat([strip.flatten(1), pooled], dim=1))
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(two.encoder.rnn.weight_ih_l0, one.encoder.rnn.weight_ih_l0)
+    torch.testing.assert_close(two.encoder.cnn.body[0].weight, one.encoder.cnn.body[0].weight)

@@ -125,6 +125,19 @@ def test_training_keeps_the_best_validated_model(tmp_path):
     assert model.config.encoder.stem_stride == 1
 
 
+def test_a_two_region_model_trains_from_a_one_region_artifact_and_loads(tmp_path):
+    one = tmp_path / "one"
+    extra = {**TINY, "input": "motion", "train_clips": 4, "val_clips": 2, "eval_every": 1}
+    train_recognizer(TrainOptions(output_dir=one, epochs=1, batch_size=2, max_steps=1, extra=extra), MemoryRunLogger())
+    extra = {**extra, "regions": 2, "init_regions_from": str(one), "freeze_stages": 1}
+    result = train_recognizer(TrainOptions(output_dir=tmp_path / "two", epochs=1, batch_size=2, max_steps=2, extra=extra),
+                              MemoryRunLogger())  # fmt: skip
+    assert result.metrics["steps_done"] == 2
+    model = load_recognizer(tmp_path / "two")
+    assert model.regions == 2 and model.config.encoder.input == "motion"
+    torch.testing.assert_close(model.encoder.cnn.body[0].weight, load_recognizer(one).encoder.cnn.body[0].weight)
+
+
 def test_single_label_clips_have_one_digit_one_action_and_a_class_token():
     labels = ActionClips("train", 6, action_label_vocabulary(), seed=2, mode="label")
     for index in range(6):
