@@ -70,12 +70,23 @@ train-captioning: install
 eval-captioning: install
 	$(BIN)/mmserve eval captioning --model-dir plugins/captioning/weights
 
-# The action task's bundled weights: 800 single-frame trunk-pretraining steps, then clips,
-# the best-on-validation model kept; a 5,500 s budget on one thread (see plugins/action/README.md).
+# The action task's bundled weights (see plugins/action/README.md), one thread:
+# 1. motion input: 2,500 single-frame trunk-pretraining steps (pose and pose change), then 2,000
+#    clip steps with one memory position per frame;
+# 2. two regions per frame (left and right strips as separate memory positions), started from
+#    stage 1, 4,140 s; the best-on-validation model of each stage is kept.
+# Then the no-temporal-encoder baseline on stage 1's trunk and decoder, 900 s.
 train-action: install
-	$(BIN)/mmserve train action --no-register --no-eval --output-dir plugins/action/weights --epochs 20 --batch-size 16 --lr 1.5e-3 \
-		--set stem_stride=1 --set pretrain_steps=800 --set freeze_stages=1 --set eval_every=100 --set val_clips=200 \
-		--set time_budget_s=5500
+	$(BIN)/mmserve train action --no-register --no-eval --output-dir /tmp/mmserve-action-motion --epochs 30 --batch-size 16 --lr 1.5e-3 \
+		--set input=motion --set stem_stride=1 --set pretrain_steps=2500 --set freeze_stages=1 --set eval_every=200 \
+		--set val_clips=200 --set time_budget_s=7300 --max-steps 2000
+	$(BIN)/mmserve train action --no-register --no-eval --output-dir plugins/action/weights --epochs 30 --batch-size 16 --lr 1e-3 \
+		--set input=motion --set regions=2 --set stem_stride=1 --set freeze_stages=1 \
+		--set init_regions_from=/tmp/mmserve-action-motion --set eval_every=200 --set val_clips=200 --set time_budget_s=4140
+	$(BIN)/mmserve train action --no-register --no-eval --output-dir plugins/action/baseline --epochs 30 --batch-size 16 --lr 1e-3 \
+		--set input=motion --set temporal=none --set stem_stride=1 --set freeze_stages=1 \
+		--set init_from=/tmp/mmserve-action-motion --set init_parts=encoder.cnn,decoder --set eval_every=200 \
+		--set val_clips=200 --set time_budget_s=900
 
 eval-action: install
 	$(BIN)/mmserve eval action --model-dir plugins/action/weights --no-log --write-metrics
@@ -100,9 +111,9 @@ eval-music: install
 	$(BIN)/mmserve eval music --model-dir plugins/music/weights --no-log
 
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
-# $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18 and 9
-# minutes of joint training from them (see plugins/speech/README.md); then WER / CER beside
-# pocketsphinx (the `eval` extra).
+# $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
+# minutes of joint training from them, then the joint CTC/attention decoding weight (see
+# plugins/speech/README.md); then WER / CER beside pocketsphinx (the `eval` extra).
 SPEECH_RECIPE = --epochs 40 --batch-size 32 --set freq_masks=0 --set time_masks=0 --set dropout=0 --set max_length=120
 train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-ctc $(SPEECH_RECIPE) --lr 3e-3 \
@@ -110,13 +121,18 @@ train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-joint $(SPEECH_RECIPE) --lr 2e-3 \
 		--set init_from=/tmp/mmserve-speech-ctc --set ctc_pretrain_steps=0 --set warmup_steps=50 \
 		--set time_budget_minutes=18 --set eval_every=200
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --lr 2e-3 \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-joint3 $(SPEECH_RECIPE) --lr 2e-3 \
 		--set init_from=/tmp/mmserve-speech-joint --set ctc_pretrain_steps=0 --set warmup_steps=50 \
 		--set time_budget_minutes=9 --set eval_every=300 --set curriculum_epochs=0
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 2e-3 \
+		--set init_from=/tmp/mmserve-speech-joint3 --set ctc_pretrain_steps=0 --set warmup_steps=50 \
+		--set time_budget_minutes=122 --set eval_every=400 --set curriculum_epochs=0
+	# joint CTC/attention decoding, its weight chosen on the val clips (plugins/speech/README.md)
+	$(BIN)/python -c "import json; p = 'plugins/speech/weights/config.json'; c = json.load(open(p)); c['ctc_decode_weight'] = 0.3; json.dump(c, open(p, 'w'), indent=2)"
 
 eval-speech: install
 	$(BIN)/python -m pip install --quiet -e '.[eval]'
-	$(BIN)/mmserve eval speech --model-dir plugins/speech/weights --no-log --write-metrics
+	MMSERVE_SPEECH_POCKETSPHINX_CLIPS=300 $(BIN)/mmserve eval speech --model-dir plugins/speech/weights --no-log --write-metrics
 
 # Serving benchmark: mmserve vs LitServe, Ray Serve, plain FastAPI and the bare model.
 # Writes bench/results/latest.{md,png,json}; BENCH_QUICK=1 for the reduced (<5 min) run.
