@@ -75,6 +75,14 @@ class Sequence:
         return self.params.beam_size
 
 
+class ModelStepError(RuntimeError):
+    """The model (or its head) raised during a step; the batch is as it was before the step."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
 @dataclass
 class StepEvents:
     """What one step produced: outputs to stream, and sequences that finished."""
@@ -242,20 +250,23 @@ class DecodingBatch:
         self.compact(force=False)
         if not self.sequences:
             return events
-        output, state, attention = self.model.step(self.prev, self.state, self.memory)
-        choice, log_prob = self.head.choose(output, self.sampling, generator)
         beams = [s for s in self.sequences if s.width > 1 and not s.done]
         attend = [i for i, a in enumerate(self.attention) if a is not None and self.alive[i]]
         rows, width = self.rows, self.head.width
-        pieces = [log_prob.float(), self.head.ends(choice).float(), self.head.to_host(choice).reshape(-1)]
         beam_index = [s.slot + b for s in beams for b in range(s.width)]
-        if beam_index:
-            assert isinstance(self.head, CategoricalHead)
-            beam_rows = torch.tensor(beam_index, device=output.device)
-            pieces.append(self.head.log_probs(output.index_select(0, beam_rows)).reshape(-1))
-        if attend:
-            pieces.append(attention.index_select(0, torch.tensor(attend, device=output.device)).float().reshape(-1))
-        host = torch.cat(pieces).cpu().numpy()  # the step's one device-to-host copy
+        try:  # the model's part of the step: nothing of the batch changes until it is through
+            output, state, attention = self.model.step(self.prev, self.state, self.memory)
+            choice, log_prob = self.head.choose(output, self.sampling, generator)
+            pieces = [log_prob.float(), self.head.ends(choice).float(), self.head.to_host(choice).reshape(-1)]
+            if beam_index:
+                assert isinstance(self.head, CategoricalHead)
+                beam_rows = torch.tensor(beam_index, device=output.device)
+                pieces.append(self.head.log_probs(output.index_select(0, beam_rows)).reshape(-1))
+            if attend:
+                pieces.append(attention.index_select(0, torch.tensor(attend, device=output.device)).float().reshape(-1))
+            host = torch.cat(pieces).cpu().numpy()  # the step's one device-to-host copy
+        except Exception as error:
+            raise ModelStepError(error) from error
         log_prob_h, ended_h = host[:rows], host[rows : 2 * rows] > 0.5
         choice_h = host[2 * rows : 2 * rows + rows * width].reshape(rows, width)
         offset = 2 * rows + rows * width
@@ -423,7 +434,7 @@ class LengthBuckets:
     def step(self, generator: torch.Generator | None = None) -> StepEvents:
         """One step of every batch that has live rows; their events together.
 
-        When the model raises on a batch's step, that batch is split into one batch per
+        When the model raises on a batch's step (`ModelStepError`), that batch is split into one batch per
         sequence and each is stepped alone: the sequences the model still fails on are
         reported in `events.failed` and dropped; the others go on, in their own batches until
         they end, having lost nothing (a failed step changes no row)."""
@@ -435,9 +446,9 @@ class LengthBuckets:
                 continue
             try:
                 events.extend(batch.step(generator))
-            except Exception as error:
+            except ModelStepError as error:
                 if batch.live_sequences == 1:
-                    events.failed += self._fail(batch, key, error)
+                    events.failed += self._fail(batch, key, error.cause)
                 else:
                     self._isolate(key, batch, events, generator)
         for seq, _ in events.finished:
@@ -453,8 +464,8 @@ class LengthBuckets:
             self._bucket_of[id(seq)] = alone
             try:
                 events.extend(part.step(generator))
-            except Exception as error:
-                events.failed += self._fail(part, alone, error)
+            except ModelStepError as error:
+                events.failed += self._fail(part, alone, error.cause)
 
     def _fail(self, batch: DecodingBatch, key: Any, error: Exception) -> list[tuple[Sequence, Exception]]:
         """The model raised on this batch's step with one sequence in it: drop it."""

@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory
-from mmserve.plugins.nn.decoding import DecodeParams, DecodeResult, DecodingBatch, Sequence, length_penalty
+from mmserve.plugins.nn.decoding import (
+    DecodeParams,
+    DecodeResult,
+    DecodingBatch,
+    ModelStepError,
+    Sequence,
+    length_penalty,
+)
 from mmserve.plugins.nn.heads import choose_next_tokens
 
 __all__ = [
@@ -35,7 +42,11 @@ def decode(
     batch.add(memory, model.init_state(memory), sequences)
     results: dict[int, DecodeResult] = {}
     while batch.live_sequences:
-        for seq, result in batch.step(generator).finished:
+        try:
+            finished = batch.step(generator).finished
+        except ModelStepError as error:  # offline: the model's own exception, as it raised it
+            raise error.cause from None
+        for seq, result in finished:
             results[seq.tag] = result
     return [results[i] for i in range(len(sequences))]
 

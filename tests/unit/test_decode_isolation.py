@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmserve.plugins.nn import Memory
+from mmserve.plugins.nn import Memory, greedy_decode
 from mmserve.plugins.nn.decoding import DecodeParams, DecodingBatch, LengthBuckets, Sequence
 from tests.unit.test_nn import TinyModel
 
@@ -91,3 +91,12 @@ def test_length_buckets_drop_only_the_sequence_the_model_fails_on():
     for tag in (0, 2):
         assert results[tag].tokens == expected[tag].tokens and results[tag].score == pytest.approx(expected[tag].score, abs=1e-5)
     assert not buckets.batches or all(not b.live_sequences for b in buckets.batches.values())
+
+
+@torch.no_grad()
+def test_offline_decoding_raises_the_models_own_exception():
+    model = FailsOnRow()
+    memory = _memory([4])
+    memory.values[0, 0, 0] = FailsOnRow.MARKER
+    with pytest.raises(RuntimeError, match="^bad row$"):
+        greedy_decode(model, model.encode(memory), 5)
