@@ -35,9 +35,14 @@ def read_config(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """An artifact's tensors by name, as stored (for loading only part of them, or renamed)."""
+    return load_file(str(Path(directory) / WEIGHTS_FILE))
+
+
 def load_weights(directory: Path, model: torch.nn.Module) -> torch.nn.Module:
     """Load safetensors weights into `model`, casting to the model's dtypes; strict."""
-    state = load_file(str(directory / WEIGHTS_FILE))
+    state = read_weights(directory)
     reference = model.state_dict()
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))

@@ -27,7 +27,7 @@ from mmserve.plugins.action.data import ActionClips, action_label_vocabulary, ac
 from mmserve.plugins.action.evaluate import evaluate_model
 from mmserve.plugins.action.model import ActionConfig, ActionRecognizer, ClipEncoderConfig, action_loss, clip_input
 from mmserve.plugins.action.pretrain import pretrain_trunk
-from mmserve.plugins.artifacts import load_weights
+from mmserve.plugins.artifacts import load_weights, read_weights
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.nn.vocab import Vocabulary
 from mmserve.plugins.task import TrainOptions, TrainResult
@@ -160,10 +160,8 @@ class GridClips(Dataset):
 def load_parts(directory: Path, model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str]:
     """Load the parameters under `prefixes` from an artifact's weights into `model` (same
     names and shapes); everything else keeps its fresh initialisation. Returns the names loaded."""
-    from safetensors.torch import load_file
-
     assert prefixes, "init_parts names no parameter prefix"
-    state = load_file(str(directory / "weights.safetensors"))
+    state = read_weights(directory)
     reference = model.state_dict()
     taken = {k: v for k, v in state.items() if k.startswith(prefixes)}
     for prefix in prefixes:
@@ -181,11 +179,9 @@ def regions_from(directory: Path, model: ActionRecognizer) -> None:
     projection gets the old frame projection's weights on that strip's grid columns (and on
     the pooled grid), so at the start a strip's feature is the old frame feature restricted to
     what the strip shows; every other weight is taken as it is."""
-    from safetensors.torch import load_file
-
     cnn = model.encoder.cnn
     assert cnn.regions > 1, "init_regions_from needs a model with regions > 1"
-    state = load_file(str(directory / "weights.safetensors"))
+    state = read_weights(directory)
     weight, bias = state.pop("encoder.cnn.project.0.weight"), state.pop("encoder.cnn.project.0.bias")
     channels, (h, w) = cnn.channels, cnn.grid
     flat = weight[:, : channels * h * w].view(-1, channels, h, w)  # [F, C, h, w]
