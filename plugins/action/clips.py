@@ -12,7 +12,7 @@ whole clip and are never named, so "which digit acts" is read from the pixels, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,11 @@ ROTATE = (45.0, 80.0)  # degrees per rotate action; the angle stays within +-MAX
 MAX_ANGLE = 90.0
 ZOOM_IN, ZOOM_OUT = (1.3, 1.5), (0.6, 0.75)  # scale factors; the scale stays within SCALE_RANGE
 SCALE_RANGE = (0.55, 1.55)
+# Handwriting augmentation (`augment=True`): the training split has 1,258 samples, and the test
+# split's writers are unseen; these widen the shapes a digit may take without changing its label.
+AUGMENT_SHEAR = 0.3  # x shifts by up to this fraction of y
+AUGMENT_ASPECT = (0.8, 1.2)  # width over height
+AUGMENT_STROKE_GAMMA = (0.6, 1.6)  # ink ** gamma: < 1 thickens strokes, > 1 thins them
 START_INVISIBLE = 0.15  # chance an actor starts faded out (its first action is then "fades in")
 
 
@@ -71,6 +76,11 @@ class Actor:
     intensity: float  # brightness when fully visible
     start: ActorState
     region: tuple[float, float, float, float]  # (x_lo, x_hi, y_lo, y_hi) its centre stays in
+    # handwriting augmentation (training only; identity by default): the glyph is sheared and
+    # stretched in its own frame, and its strokes thickened or thinned by a gamma on the ink
+    shear: float = 0.0
+    aspect: float = 1.0
+    stroke_gamma: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -214,10 +224,23 @@ def _sample_actor(label_sample: int, region: tuple[float, float, float, float], 
                  float(rng.uniform(*ACTOR_INTENSITY)), start, region)  # fmt: skip
 
 
-def sample_clip(split: str, index: int, seed: int = 0, epoch: int = 0, num_actions: int | None = None) -> ClipSpec:
+def _augment_actor(actor: Actor, rng: np.random.Generator) -> Actor:
+    return replace(
+        actor,
+        shear=float(rng.uniform(-AUGMENT_SHEAR, AUGMENT_SHEAR)),
+        aspect=float(np.exp(rng.uniform(*np.log(AUGMENT_ASPECT)))),
+        stroke_gamma=float(np.exp(rng.uniform(*np.log(AUGMENT_STROKE_GAMMA)))),
+    )
+
+
+def sample_clip(
+    split: str, index: int, seed: int = 0, epoch: int = 0, num_actions: int | None = None, augment: bool = False
+) -> ClipSpec:
     """The clip `index` of `split`: a pure function of its arguments.
 
     `num_actions` (single-label clips): one named digit performing exactly that many actions.
+    `augment`: the named digits' handwriting is distorted (`_augment_actor`), drawn from a
+    generator of its own, so everything else about the clip is the clip without it.
     """
     rng = clip_rng(split, index, seed, epoch)
     pool = split_samples(split)
@@ -251,6 +274,9 @@ def sample_clip(split: str, index: int, seed: int = 0, epoch: int = 0, num_actio
         name, after = options[int(rng.integers(len(options)))]
         actions.append(TimedAction(subject, name, start, end, after))
         states[subject] = after
+    if augment:
+        augment_rng = np.random.default_rng([seed, SPLITS.index(split), epoch, index, 1])
+        actors = [_augment_actor(a, augment_rng) for a in actors]
     distractors = []
     for _ in range(int(rng.choice([0, 1, 1, 2]))):
         speed, heading = rng.uniform(0.3, 0.8), rng.uniform(0, 2 * np.pi)

@@ -123,10 +123,11 @@ class ActionClips(Dataset):
     """
 
     def __init__(self, split: str, count: int, vocab: Vocabulary, seed: int = 0, size: tuple[int, int] | None = None,
-                 pool: int = 0, mode: str = "sequence", keep: bool = True):  # fmt: skip
+                 pool: int = 0, mode: str = "sequence", keep: bool = True, augment: bool = False):  # fmt: skip
         assert pool >= 0, f"pool must be >= 0, got {pool}"
         assert mode in ("sequence", "label"), f"mode must be sequence or label, got {mode!r}"
         self.split, self.count, self.vocab, self.seed, self.pool, self.mode = split, count, vocab, seed, pool, mode
+        self.augment = augment
         self.keep = keep  # False: cycle `pool` clip sets but render every time (the caller keeps what it needs)
         self.size = tuple(size) if size else None
         self.epoch = 0
@@ -140,7 +141,8 @@ class ActionClips(Dataset):
         return self.count
 
     def spec(self, index: int) -> ClipSpec:
-        return sample_clip(self.split, index, self.seed, self.epoch, num_actions=1 if self.mode == "label" else None)
+        num_actions = 1 if self.mode == "label" else None
+        return sample_clip(self.split, index, self.seed, self.epoch, num_actions=num_actions, augment=self.augment)
 
     def caption(self, spec: ClipSpec) -> str:
         return label_of(spec) if self.mode == "label" else spec.caption

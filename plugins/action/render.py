@@ -57,22 +57,36 @@ def draw_objects(
     return layers[:, 0] * intensity.view(-1, 1, 1)
 
 
+def shape_inverse(shear: torch.Tensor, aspect: torch.Tensor) -> torch.Tensor:
+    """[N, 2, 2] inverse of the glyph's own distortion S = [[sqrt(a), shear], [0, 1/sqrt(a)]]
+    (area kept), applied before rotation: a drawn point is c + R(angle) S g * side / 2."""
+    root = aspect.sqrt()
+    row0 = torch.stack([1 / root, -shear], dim=1)
+    row1 = torch.stack([torch.zeros_like(root), root], dim=1)
+    return torch.stack([row0, row1], dim=1)
+
+
 def render_clip(spec: ClipSpec, size: tuple[int, int] = FRAME_SIZE) -> torch.Tensor:
     """The clip's frames as uint8 [T, 3, H, W] (grey digits, so the three channels are equal)."""
     images, _ = digit_bank()
     frames_n = spec.num_frames
     jitter = torch.tensor(spec.jitter, dtype=torch.float32)  # [T, 2]
-    rows: list[tuple[int, float, float, float, float, float]] = []  # (sample, cx, cy, angle, side, intensity)
+    # (sample, cx, cy, angle, side, intensity, shear, aspect, stroke gamma)
+    rows: list[tuple[int, float, float, float, float, float, float, float, float]] = []
     for index, actor in enumerate(spec.actors):
         for s in spec.actor_states(index):
-            rows.append((actor.sample, s.cx, s.cy, s.angle, actor.size * s.scale, actor.intensity * s.alpha))
+            rows.append((actor.sample, s.cx, s.cy, s.angle, actor.size * s.scale, actor.intensity * s.alpha,
+                         actor.shear, actor.aspect, actor.stroke_gamma))  # fmt: skip
     for d in spec.distractors:
-        rows.extend((d.sample, x, y, 0.0, d.size, d.intensity) for x, y in distractor_path(d, frames_n, size))
+        rows.extend((d.sample, x, y, 0.0, d.size, d.intensity, 0.0, 1.0, 1.0) for x, y in distractor_path(d, frames_n, size))
     objects = len(rows) // frames_n
-    table = torch.tensor([r[1:] for r in rows], dtype=torch.float32)  # [O*T, 5], object-major
+    table = torch.tensor([r[1:] for r in rows], dtype=torch.float32)  # [O*T, 8], object-major
     shift = jitter.repeat(objects, 1)  # the camera moves every object alike
     thetas = affine_thetas(table[:, 0] + shift[:, 0], table[:, 1] + shift[:, 1], table[:, 2], table[:, 3], size)
     glyphs = torch.from_numpy(images[[r[0] for r in rows]]).unsqueeze(1)  # [O*T, 1, 8, 8]
+    if bool((table[:, 5:] != torch.tensor([0.0, 1.0, 1.0])).any()):  # augmented handwriting
+        thetas = shape_inverse(table[:, 5], table[:, 6]) @ thetas
+        glyphs = glyphs ** table[:, 7].view(-1, 1, 1, 1)
     layers = draw_objects(glyphs, thetas, table[:, 4], size).view(objects, frames_n, *size)
     scene = layers.amax(dim=0)  # [T, H, W]
     gen = torch.Generator().manual_seed(spec.noise_seed)
@@ -99,7 +113,8 @@ def render_actor(spec: ClipSpec, actor: int, size: tuple[int, int] = FRAME_SIZE)
     a = spec.actors[actor]
     table = torch.tensor([(s.cx, s.cy, s.angle, a.size * s.scale, a.intensity * s.alpha) for s in states])
     thetas = affine_thetas(table[:, 0], table[:, 1], table[:, 2], table[:, 3], size)
-    glyphs = torch.from_numpy(np.repeat(images[a.sample][None, None], len(states), axis=0))
+    thetas = shape_inverse(torch.full((len(states),), a.shear), torch.full((len(states),), a.aspect)) @ thetas
+    glyphs = torch.from_numpy(np.repeat(images[a.sample][None, None], len(states), axis=0)) ** a.stroke_gamma
     return draw_objects(glyphs, thetas, table[:, 4], size)
 
 

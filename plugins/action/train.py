@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "train_clips": 6000,
     "clip_pool": 4,
     "val_clips": 300,
+    # distort the named digits' handwriting (shear, aspect, stroke width) in training clips
+    "augment_handwriting": False,
     # encoder
     "stem_width": 16,
     "stem_stride": 2,
@@ -250,7 +252,7 @@ def train_recognizer(options: TrainOptions, logger: RunLogger) -> TrainResult:
     cache_grids = s["cache_grids"] and frozen is not None and s["freeze_stages"] >= len(s["stage_widths"])
     assert cache_grids or not s["cache_grids"], "cache_grids needs every stage fixed (freeze_stages) after pretraining or init_from"
     clips = ActionClips("train", s["train_clips"], vocab, seed=options.seed, size=model.frame_size, pool=s["clip_pool"],
-                        mode=s["mode"], keep=not cache_grids)  # fmt: skip
+                        mode=s["mode"], keep=not cache_grids, augment=s["augment_handwriting"])  # fmt: skip
     train_set = GridClips(clips, model) if cache_grids else clips
     loader = DataLoader(
         train_set,

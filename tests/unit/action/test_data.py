@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,7 @@ from mmserve.plugins.action.render import (
     draw_objects,
     render_actor,
     render_clip,
+    shape_inverse,
 )
 
 CLIPS = [sample_clip(split, i, seed=5) for split in C.SPLITS for i in range(120)]
@@ -66,9 +69,12 @@ def test_caption_spans_and_subjects_are_consistent(spec: ClipSpec):
     assert {a.actor for a in spec.actions} == set(range(len(spec.actors))), "every named digit acts"
 
 
-def test_each_action_really_happens_within_its_span_and_nothing_moves_outside():
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented-handwriting"])
+def test_each_action_really_happens_within_its_span_and_nothing_moves_outside(augment: bool):
     checked = set()
     for spec in _covering_clips():
+        if augment:
+            spec = sample_clip(spec_split(spec), spec_index(spec), seed=5, augment=True)
         for index in range(len(spec.actors)):
             layers = render_actor(spec, index)  # [T, H, W]
             mass = layers.flatten(1).sum(1)
@@ -106,6 +112,42 @@ def test_each_action_really_happens_within_its_span_and_nothing_moves_outside():
                 assert float(change[[f - 1 for f in still]].max()) < 1e-5, spec.caption
             assert all(float(change[f - 1]) > 1e-4 for f in busy), spec.caption
     assert checked == set(C.ACTIONS), f"never exercised: {set(C.ACTIONS) - checked}"
+
+
+def test_handwriting_augmentation_changes_only_the_named_digits_shapes():
+    for split in C.SPLITS:
+        for i in range(40):
+            plain, augmented = sample_clip(split, i, seed=3), sample_clip(split, i, seed=3, augment=True)
+            assert augmented.caption == plain.caption and augmented.spans == plain.spans
+            assert augmented.distractors == plain.distractors and augmented.jitter == plain.jitter
+            for p, a in zip(plain.actors, augmented.actors):
+                assert (p.shear, p.aspect, p.stroke_gamma) == (0.0, 1.0, 1.0)
+                assert abs(a.shear) <= C.AUGMENT_SHEAR and C.AUGMENT_ASPECT[0] <= a.aspect <= C.AUGMENT_ASPECT[1]
+                assert C.AUGMENT_STROKE_GAMMA[0] <= a.stroke_gamma <= C.AUGMENT_STROKE_GAMMA[1]
+                assert dataclasses.replace(a, shear=0.0, aspect=1.0, stroke_gamma=1.0) == p
+            assert not torch.equal(render_clip(plain), render_clip(augmented))
+
+
+def test_shape_distortion_stretches_and_shears_the_glyph_in_place():
+    glyph = torch.zeros(1, 1, 8, 8)
+    glyph[0, 0, 2:6, 2:6] = 1.0  # a square in the middle of the digit's box
+    size = (48, 48)
+    centre, side = torch.tensor([24.0]), torch.tensor([24.0])
+    upright = affine_thetas(centre, centre, torch.tensor([0.0]), side, size)
+
+    def extent(layer: torch.Tensor) -> tuple[float, float]:
+        cols, rows = (layer.sum(0) > 0.5).sum(), (layer.sum(1) > 0.5).sum()
+        return float(cols), float(rows)
+
+    plain = draw_objects(glyph, upright, torch.ones(1), size)[0]
+    wide = draw_objects(glyph, shape_inverse(torch.tensor([0.0]), torch.tensor([1.44])) @ upright, torch.ones(1), size)[0]
+    (w0, h0), (w1, h1) = extent(plain), extent(wide)
+    assert w1 / h1 > 1.3 * (w0 / h0)  # aspect 1.44: wider and lower, area kept
+    assert abs(float(wide.sum()) - float(plain.sum())) < 0.05 * float(plain.sum())
+    sheared = draw_objects(glyph, shape_inverse(torch.tensor([0.3]), torch.tensor([1.0])) @ upright, torch.ones(1), size)[0]
+    top, bottom = sheared[:24], sheared[24:]  # x = shear * y: the bottom half leans right of the top half
+    assert centre_of_mass(bottom)[0] > centre_of_mass(top)[0] + 1
+    assert abs(centre_of_mass(sheared)[0] - centre_of_mass(plain)[0]) < 0.5  # sheared about its own centre
 
 
 def test_positive_angles_turn_clockwise_on_screen():
