@@ -112,7 +112,7 @@ eval-music: install
 
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
 # $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
-# minutes of joint training from them, then the joint CTC/attention decoding weight (see
+# minutes of joint training from them, then the character LM and the decoding weights (see
 # plugins/speech/README.md); then WER / CER beside pocketsphinx (the `eval` extra).
 SPEECH_RECIPE = --epochs 40 --batch-size 32 --set freq_masks=0 --set time_masks=0 --set dropout=0 --set max_length=120
 train-speech: install
@@ -127,8 +127,10 @@ train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 2e-3 \
 		--set init_from=/tmp/mmserve-speech-joint3 --set ctc_pretrain_steps=0 --set warmup_steps=50 \
 		--set time_budget_minutes=122 --set eval_every=400 --set curriculum_epochs=0
-	# joint CTC/attention decoding, its weight chosen on the val clips (plugins/speech/README.md)
-	$(BIN)/python -c "import json; p = 'plugins/speech/weights/config.json'; c = json.load(open(p)); c['ctc_decode_weight'] = 0.3; json.dump(c, open(p, 'w'), indent=2)"
+	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
+	# by beam WER on the val clips (plugins/speech/README.md)
+	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
+	$(BIN)/python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights --ctc-weights 0.3 0.4 --lm-weights 0 0.1 --write
 
 eval-speech: install
 	$(BIN)/python -m pip install --quiet -e '.[eval]'

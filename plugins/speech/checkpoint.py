@@ -1,4 +1,5 @@
-"""The speech model's artifact directory: config.json and weights.safetensors (never pickles).
+"""The speech model's artifact directory: config.json and weights.safetensors (never pickles),
+and optionally a character n-gram LM for shallow fusion (lm.json + lm.safetensors).
 
 The character vocabulary is fixed (text.py), so it is rebuilt rather than stored."""
 
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from mmserve.plugins.artifacts import load_weights, read_config, save_model_artifacts
+from mmserve.plugins.nn.ngram import NGramLM
 from mmserve.plugins.speech.model import ListenAttendSpell, SpeechConfig
 from mmserve.plugins.speech.text import CHARACTERS, char_vocabulary
 
@@ -34,4 +36,7 @@ def load_speech_model(artifact_dir: Path, device: torch.device | str = "cpu") ->
         raise ValueError(f"{artifact_dir} was trained on other characters: {config.get('characters')}")
     model = ListenAttendSpell(SpeechConfig.from_dict(config), char_vocabulary())
     load_weights(artifact_dir, model)
-    return model.to(torch.device(device)).eval()
+    model = model.to(torch.device(device)).eval()
+    if NGramLM.exists(artifact_dir):
+        model.attach_lm(NGramLM.load(artifact_dir).to(device))
+    return model

@@ -139,23 +139,26 @@ def evaluate_artifact(
     featurizer = LogMel(model.config.features)
     features = [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))]
     texts = [clips.text(i) for i in range(len(clips))]
-    weight = model.config.ctc_decode_weight
-    metrics: dict[str, float] = {"clips": float(len(clips)), "ctc_decode_weight": weight}
+    weight, configured_lm_weight = model.config.ctc_decode_weight, model.config.lm_weight
+    lm_weight = configured_lm_weight if model.lm is not None else 0.0
+    metrics: dict[str, float] = {"clips": float(len(clips)), "ctc_decode_weight": weight, "lm_weight": lm_weight}
     hyps: dict[str, list[str]] = {}
     audio_s = sum(len(clips.wave(i)) for i in range(len(clips))) / 16000
-    # The served decoding (joint CTC/attention when the artifact says so), then, for the
-    # record, the speller alone.
-    runs = [("greedy", 1, weight), ("beam", BEAM_SIZE, weight)]
-    if weight > 0:
-        runs += [("speller_greedy", 1, 0.0), ("speller_beam", BEAM_SIZE, 0.0)]
-    for name, beam, run_weight in runs:
-        model.config.ctc_decode_weight = run_weight
+    # The served decoding (joint CTC/attention and LM fusion when the artifact says so), then,
+    # for the record, without the LM and the speller alone.
+    runs = [("greedy", 1, weight, lm_weight), ("beam", BEAM_SIZE, weight, lm_weight)]
+    if lm_weight > 0:
+        runs += [("no_lm_greedy", 1, weight, 0.0), ("no_lm_beam", BEAM_SIZE, weight, 0.0)]
+    if weight > 0 or lm_weight > 0:
+        runs += [("speller_greedy", 1, 0.0, 0.0), ("speller_beam", BEAM_SIZE, 0.0, 0.0)]
+    for name, beam, run_weight, run_lm_weight in runs:
+        model.config.ctc_decode_weight, model.config.lm_weight = run_weight, run_lm_weight
         started = time.monotonic()
         hyps[name] = transcribe(model, features, beam_size=beam, progress=progress, desc=name)
         seconds = time.monotonic() - started
         rates = error_rates(texts, hyps[name])
         metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"], f"{name}_rtf": seconds / audio_s})
-    model.config.ctc_decode_weight = weight
+    model.config.ctc_decode_weight, model.config.lm_weight = weight, configured_lm_weight
     if model.ctc is not None:
         hyps["ctc_greedy"] = ctc_transcribe(model, features)
         rates = error_rates(texts, hyps["ctc_greedy"])

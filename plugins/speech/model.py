@@ -24,6 +24,8 @@ from mmserve.plugins.nn.ctc import KEYS as CTC_KEYS
 from mmserve.plugins.nn.ctc import ctc_initial_state, ctc_prefix_step
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
 from mmserve.plugins.nn.heads import CategoricalHead
+from mmserve.plugins.nn.ngram import STATE_KEY as LM_STATE_KEY
+from mmserve.plugins.nn.ngram import NGramLM
 from mmserve.plugins.nn.vocab import Vocabulary
 from mmserve.plugins.speech.features import FeatureConfig
 
@@ -51,9 +53,13 @@ class SpeechConfig:
     # Joint CTC/attention decoding (plugins/nn/ctc.py): each step's score is
     # (1 - w) * speller log-probability + w * CTC prefix score. 0: the speller alone.
     ctc_decode_weight: float = 0.0
+    # Shallow fusion with a character n-gram LM (plugins/nn/ngram.py, lm.safetensors beside
+    # the weights): + lm_weight * log P_LM(character | the word so far). 0: no LM.
+    lm_weight: float = 0.0
 
     def __post_init__(self) -> None:
         assert 0.0 <= self.ctc_decode_weight <= 1.0, f"ctc_decode_weight must be in [0, 1], got {self.ctc_decode_weight}"
+        assert self.lm_weight >= 0.0, f"lm_weight must be >= 0, got {self.lm_weight}"
         assert self.ctc_decode_weight == 0.0 or self.listener.ctc, "ctc_decode_weight needs the listener's CTC head"
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,13 +68,14 @@ class SpeechConfig:
             "listener": asdict(self.listener),
             "decoder": self.decoder.to_dict() if self.decoder else None,
             "ctc_decode_weight": self.ctc_decode_weight,
+            "lm_weight": self.lm_weight,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpeechConfig:
         decoder = DecoderConfig(**data["decoder"]) if data.get("decoder") else None
         return cls(FeatureConfig(**data["features"]), ListenerConfig(**data["listener"]), decoder,
-                   float(data.get("ctc_decode_weight", 0.0)))  # fmt: skip
+                   float(data.get("ctc_decode_weight", 0.0)), float(data.get("lm_weight", 0.0)))  # fmt: skip
 
 
 @dataclass
@@ -156,7 +163,7 @@ class ListenAttendSpell(EncoderDecoder):
         assert decoder.vocab_size == len(vocab), f"decoder vocab_size {decoder.vocab_size} != vocabulary {len(vocab)}"
         assert decoder.memory_dim == config.listener.memory_dim, "decoder memory_dim must be 2 * listener hidden_dim"
         assert decoder.output_kind == "categorical", "characters are token ids: output_kind must be categorical"
-        self.config = SpeechConfig(config.features, config.listener, decoder, config.ctc_decode_weight)
+        self.config = SpeechConfig(config.features, config.listener, decoder, config.ctc_decode_weight, config.lm_weight)
         self.vocab = vocab
         self.bos_id, self.eos_id, self.pad_id = vocab.bos_id, vocab.eos_id, vocab.pad_id
         self.head = CategoricalHead(vocab.bos_id, vocab.eos_id)
@@ -166,6 +173,12 @@ class ListenAttendSpell(EncoderDecoder):
         self.ctc = nn.Linear(config.listener.memory_dim, len(vocab)) if config.listener.ctc else None
         self._not_characters = [vocab.pad_id, vocab.bos_id, vocab.eos_id]  # what joint decoding never lets CTC score
         self._ctc_candidates = min(CTC_CANDIDATES, len(vocab) - len(self._not_characters))
+        self.lm: NGramLM | None = None  # attached by load_speech_model when the artifact has one
+
+    def attach_lm(self, lm: NGramLM | None) -> None:
+        """Use (or drop, with None) a character n-gram LM for shallow fusion."""
+        assert lm is None or lm.config.vocab_size == len(self.vocab), "the LM was counted over another vocabulary"
+        self.lm = lm
 
     @property
     def frames_per_position(self) -> int:
@@ -187,6 +200,10 @@ class ListenAttendSpell(EncoderDecoder):
     def joint_ctc(self) -> bool:
         return self.ctc is not None and self.config.ctc_decode_weight > 0
 
+    @property
+    def fused_lm(self) -> bool:
+        return self.lm is not None and self.config.lm_weight > 0
+
     def encode(self, batch: SpeechBatch) -> Memory:
         values, lengths, x4, len4 = self.listen(batch)
         memory = self.decoder.prepare_memory(values, lengths_to_mask(lengths, values.shape[1]))
@@ -202,24 +219,36 @@ class ListenAttendSpell(EncoderDecoder):
             assert isinstance(memory, CTCMemory), "joint CTC decoding needs the memory from this model's encode"
             state.update(ctc_initial_state(memory.ctc_log_probs, memory.ctc_lengths, blank=self.pad_id,
                                            start_id=self.bos_id, width=self._ctc_candidates))  # fmt: skip
+        if self.fused_lm:
+            state.update(self.lm.initial_state(memory.values.shape[0], memory.values.device))
         return state
 
     def step(self, prev: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         logits, new_state, attention = self.decoder.step(prev, state, memory)
-        if not self.joint_ctc:
+        if not (self.joint_ctc or self.fused_lm):
             return logits, new_state, attention
         speller = torch.log_softmax(logits.double(), dim=-1)  # [B, V]
-        # CTC scores only the speller's best few characters (the rest keep -inf: they were
-        # never likely), and the end of the transcript.
+        # CTC and the LM score only the speller's best few characters (the rest keep -inf: they
+        # were never likely), and the end of the transcript.
         choosable = speller.index_fill(1, torch.tensor(self._not_characters, device=speller.device), float("-inf"))
         candidates = choosable.topk(self._ctc_candidates, dim=1).indices
-        score, end_score, ctc_state = ctc_prefix_step(prev, {k: state[k] for k in CTC_KEYS}, candidates, self.bos_id,
+        weight = self.config.ctc_decode_weight if self.joint_ctc else 0.0
+        scores = (1 - weight) * speller.gather(1, candidates)  # [B, K]
+        end = (1 - weight) * speller[:, self.eos_id]  # [B]
+        if self.joint_ctc:
+            ctc, ctc_end, ctc_state = ctc_prefix_step(prev, {k: state[k] for k in CTC_KEYS}, candidates, self.bos_id,
                                                       self.eos_id, blank=self.pad_id)  # fmt: skip
-        weight = self.config.ctc_decode_weight
+            scores, end = scores + weight * ctc, end + weight * ctc_end
+            new_state.update(ctc_state)
+        if self.fused_lm:
+            lm_state = self.lm.advance({LM_STATE_KEY: state[LM_STATE_KEY]}, prev)  # the start token first
+            lm = self.lm.log_probs(lm_state)  # [B, V]
+            scores = scores + self.config.lm_weight * lm.gather(1, candidates)
+            end = end + self.config.lm_weight * lm[:, self.eos_id]
+            new_state.update(lm_state)
         joint = torch.full_like(speller, float("-inf"))
-        joint.scatter_(1, candidates, (1 - weight) * speller.gather(1, candidates) + weight * score)
-        joint[:, self.eos_id] = (1 - weight) * speller[:, self.eos_id] + weight * end_score
-        new_state.update(ctc_state)
+        joint.scatter_(1, candidates, scores)
+        joint[:, self.eos_id] = end
         return joint.to(logits.dtype), new_state, attention
 
     def forward(self, batch: SpeechBatch, inputs: torch.Tensor):

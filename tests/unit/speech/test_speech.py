@@ -11,8 +11,11 @@ import torch
 
 from mmserve.plugins.errors import InputError, PayloadTooLarge
 from mmserve.plugins.nn.decoding import DecodeParams, DecodingBatch, Sequence
+from mmserve.plugins.nn.ngram import NGramLM
 from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
+from mmserve.plugins.speech import lm as speech_lm
+from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for
 from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
@@ -66,10 +69,21 @@ def test_listener_shortens_time_eightfold_and_batches_like_one_by_one():
             torch.testing.assert_close(memory.values[i, :n], alone.values[0, :n], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("beam", "ctc_weight"), [(1, 0.0), (3, 0.0), (1, 0.5), (3, 0.5)])
-def test_batched_decoding_equals_one_by_one(beam, ctc_weight):
+def tiny_lm(order: int = 4) -> NGramLM:
+    """A character LM over a few sentences (the tiny model's vocabulary is the real one)."""
+    vocab = char_vocabulary()
+    sentences = ["the cat sat", "the dog ran", "a cat ran", "it is the end"] * 5
+    return NGramLM.count([encode_chars(vocab, t) for t in sentences], order=order, vocab_size=len(vocab),
+                         boundaries=(vocab.stoi[" "],))  # fmt: skip
+
+
+@pytest.mark.parametrize(("beam", "ctc_weight", "lm_weight"),
+                         [(1, 0.0, 0.0), (3, 0.0, 0.0), (1, 0.5, 0.0), (3, 0.5, 0.0), (1, 0.0, 0.5), (3, 0.5, 0.5)])  # fmt: skip
+def test_batched_decoding_equals_one_by_one(beam, ctc_weight, lm_weight):
     model = tiny_model()
     model.config.ctc_decode_weight = ctc_weight  # joint CTC/attention decoding when > 0
+    model.config.lm_weight = lm_weight  # shallow fusion with the character LM when > 0
+    model.attach_lm(tiny_lm())
     feats = random_features([60, 25, 90], seed=1)
     with torch.no_grad():
         memory = model.encode(model.collate(feats))
@@ -85,9 +99,11 @@ def test_batched_decoding_equals_one_by_one(beam, ctc_weight):
 @torch.no_grad()
 def test_joint_decoding_of_a_request_joining_a_running_batch_changes_nothing(beam):
     """The engine joins new requests into the running batch: CTC state of other widths (frames)
-    and a fresh prefix meet rows already decoding."""
+    and a fresh prefix (CTC and LM) meet rows already decoding."""
     model = tiny_model()
     model.config.ctc_decode_weight = 0.5
+    model.config.lm_weight = 0.5
+    model.attach_lm(tiny_lm())
     short, long = random_features([30], seed=6)[0], random_features([120], seed=7)[0]
     params = DecodeParams(max_length=12, beam_size=beam, length_penalty=0.6)
 
@@ -130,6 +146,41 @@ def test_joint_ctc_decoding_changes_the_scores_and_round_trips_in_the_config():
     assert SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "ctc_decode_weight"}).ctc_decode_weight == 0.0
     with pytest.raises(AssertionError, match="ctc_decode_weight"):
         SpeechConfig.from_dict({**model.config.to_dict(), "ctc_decode_weight": 1.5})
+
+
+def test_lm_fusion_changes_the_scores_round_trips_and_loads_with_the_artifact(tmp_path):
+    model = tiny_model()
+    feats = random_features([60, 25], seed=4)
+    lm = tiny_lm()
+    with torch.no_grad():
+        memory = model.encode(model.collate(feats))
+        plain = greedy_decode(model, memory, 15)
+        model.attach_lm(lm)  # attached, weight 0: nothing changes
+        assert [r.tokens for r in greedy_decode(model, memory, 15)] == [r.tokens for r in plain]
+        model.config.lm_weight = 2.0
+        fused = greedy_decode(model, model.encode(model.collate(feats)), 15)
+    assert [r.score for r in plain] != [r.score for r in fused]
+    assert SpeechConfig.from_dict(model.config.to_dict()).lm_weight == 2.0
+    assert SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "lm_weight"}).lm_weight == 0.0
+    save_speech_model(model, tmp_path, training={})
+    assert load_speech_model(tmp_path).lm is None  # no lm files: no LM, whatever the weight
+    lm.save(tmp_path)
+    loaded = load_speech_model(tmp_path)
+    assert loaded.lm is not None and loaded.config.lm_weight == 2.0
+    with torch.no_grad():
+        again = greedy_decode(loaded, loaded.encode(loaded.collate(feats)), 15)
+    assert [r.tokens for r in again] == [r.tokens for r in fused]
+
+
+def test_the_speech_lm_holds_out_val_and_test_sentences():
+    sizes = {"train": 30, "val": 5, "test": 5}
+    texts = data.split_texts(sizes)
+    held_out = set(texts["val"]) | set(texts["test"])
+    made = list(speech_lm.corpus(300, held_out))
+    assert len(made) == 300 and not held_out & set(made)
+    lm = speech_lm.build_lm(300, order=6, sizes=sizes)
+    assert lm.config.order == 6 and lm.config.boundaries == (char_vocabulary().stoi[" "],)
+    assert lm.config.tokens_counted == sum(len(s) + 1 for s in made)  # every character and the end
 
 
 def test_loss_has_ctc_and_cross_entropy_and_trains():

@@ -1,0 +1,63 @@
+"""Choose the decoding weights of a speech artifact on the val clips (never the test clips):
+the CTC weight of joint decoding and the LM weight of shallow fusion, by beam-search WER.
+
+    python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights \\
+        --ctc-weights 0.3 --lm-weights 0 0.2 0.4 0.6 --write
+
+prints WER / CER for every pair and, with --write, stores the best pair in config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import torch
+
+from mmserve.plugins.speech.checkpoint import load_speech_model
+from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
+from mmserve.plugins.speech.evaluate import BEAM_SIZE, error_rates, transcribe
+from mmserve.plugins.speech.features import LogMel
+
+
+def val_features(artifact_dir: Path, model) -> tuple[list[torch.Tensor], list[str]]:
+    training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
+    sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
+    cache = build_cache(Path(training.get("data_dir") or default_cache_dir()), sizes, progress=False)
+    clips = SpeechClips(split_dir(cache, "val", sizes))
+    featurizer = LogMel(model.config.features)
+    return [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))], [clips.text(i) for i in range(len(clips))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--ctc-weights", type=float, nargs="+", default=None, help="default: the artifact's")
+    parser.add_argument("--lm-weights", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
+    parser.add_argument("--beam", type=int, default=BEAM_SIZE)
+    parser.add_argument("--write", action="store_true", help="store the best weights in config.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model = load_speech_model(args.model_dir)
+    assert model.lm is not None or args.lm_weights == [0.0], f"{args.model_dir} has no LM (python -m mmserve.plugins.speech.lm)"
+    features, texts = val_features(args.model_dir, model)
+    ctc_weights = args.ctc_weights or [model.config.ctc_decode_weight]
+    results = []
+    for ctc_weight, lm_weight in itertools.product(ctc_weights, args.lm_weights):
+        model.config.ctc_decode_weight, model.config.lm_weight = ctc_weight, lm_weight
+        rates = error_rates(texts, transcribe(model, features, beam_size=args.beam))
+        results.append((rates["wer"], rates["cer"], ctc_weight, lm_weight))
+        print(f"ctc {ctc_weight:.2f}  lm {lm_weight:.2f}  val beam WER {rates['wer']:.2%}  CER {rates['cer']:.2%}", flush=True)
+    wer, cer, ctc_weight, lm_weight = min(results)
+    print(f"best on {len(texts)} val clips: ctc_decode_weight {ctc_weight}, lm_weight {lm_weight} (WER {wer:.2%}, CER {cer:.2%})")
+    if args.write:
+        path = args.model_dir / "config.json"
+        config = json.loads(path.read_text())
+        config.update(ctc_decode_weight=ctc_weight, lm_weight=lm_weight)
+        path.write_text(json.dumps(config, indent=2))
+
+
+if __name__ == "__main__":
+    main()
