@@ -263,6 +263,7 @@ class SpeechClips:
     """A cached split: waveforms (float32 [N] at 16 kHz) and transcripts."""
 
     def __init__(self, split_dir: Path):
+        self.directory = Path(split_dir)
         index = json.loads((Path(split_dir) / "index.json").read_text())
         assert index["sample_rate"] == SAMPLE_RATE, f"{split_dir} is at {index['sample_rate']} Hz"
         self.clips: list[dict] = index["clips"]

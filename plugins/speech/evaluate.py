@@ -121,6 +121,14 @@ def pocketsphinx_clip_count(default: int = POCKETSPHINX_CLIPS) -> int:
     return int(value)
 
 
+def artifact_clips(artifact_dir: Path, split: str, progress: bool = False) -> SpeechClips:
+    """The `split` clips of the data set an artifact was trained on (built once, then cached)."""
+    training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
+    sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
+    cache = build_cache(Path(training.get("data_dir") or default_cache_dir()), sizes, progress=progress)
+    return SpeechClips(split_dir(cache, split, sizes))
+
+
 def evaluate_artifact(
     artifact_dir: Path,
     logger: RunLogger,
@@ -132,10 +140,7 @@ def evaluate_artifact(
     first `pocketsphinx_clips` clips (default: `pocketsphinx_clip_count()`), with ours on the
     same clips for a fair comparison."""
     model = load_speech_model(artifact_dir, device)
-    training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
-    sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
-    cache = build_cache(Path(training.get("data_dir") or default_cache_dir()), sizes, progress=progress)
-    clips = SpeechClips(split_dir(cache, "test", sizes))
+    clips = artifact_clips(artifact_dir, "test", progress)
     featurizer = LogMel(model.config.features)
     features = [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))]
     texts = [clips.text(i) for i in range(len(clips))]
@@ -166,7 +171,7 @@ def evaluate_artifact(
     limit = min(pocketsphinx_clip_count() if pocketsphinx_clips is None else pocketsphinx_clips, len(clips))
     if limit > 0:
         try:
-            sphinx = pocketsphinx_cached(clips, split_dir(cache, "test", sizes) / "pocketsphinx.json", limit, progress)
+            sphinx = pocketsphinx_cached(clips, clips.directory / "pocketsphinx.json", limit, progress)
         except ImportError:
             sphinx = None  # optional dependency: `pip install mmserve[eval]`
         if sphinx is not None:

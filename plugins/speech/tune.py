@@ -17,16 +17,13 @@ from pathlib import Path
 import torch
 
 from mmserve.plugins.speech.checkpoint import load_speech_model
-from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
-from mmserve.plugins.speech.evaluate import BEAM_SIZE, error_rates, transcribe
+from mmserve.plugins.speech.evaluate import BEAM_SIZE, artifact_clips, error_rates, transcribe
 from mmserve.plugins.speech.features import LogMel
+from mmserve.plugins.speech.model import ListenAttendSpell
 
 
-def val_features(artifact_dir: Path, model) -> tuple[list[torch.Tensor], list[str]]:
-    training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
-    sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
-    cache = build_cache(Path(training.get("data_dir") or default_cache_dir()), sizes, progress=False)
-    clips = SpeechClips(split_dir(cache, "val", sizes))
+def val_features(artifact_dir: Path, model: ListenAttendSpell) -> tuple[list[torch.Tensor], list[str]]:
+    clips = artifact_clips(artifact_dir, "val")
     featurizer = LogMel(model.config.features)
     return [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))], [clips.text(i) for i in range(len(clips))]
 
