@@ -177,3 +177,31 @@ def evaluate_artifact(artifact_dir: Path, logger: RunLogger, device: str = "cpu"
     if write_metrics:
         (Path(artifact_dir) / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
+
+
+SELECTION = ("val", 3, 600)  # split, seed, clips: choosing between candidates, never the test clips
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Score artifacts on a split other than the test clips, e.g. to choose between candidates:
+
+        python -m mmserve.plugins.action.evaluate DIR [DIR ...]   # val clips of seed 3 (600)
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dirs", type=Path, nargs="+")
+    parser.add_argument("--split", default=SELECTION[0], choices=("train", "val", "test"))
+    parser.add_argument("--seed", type=int, default=SELECTION[1])
+    parser.add_argument("--clips", type=int, default=SELECTION[2])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    keys = ("exact_sequence_accuracy", "per_action_accuracy", "localisation_iou50", "action_count_accuracy",
+            "subject_accuracy", "action_word_accuracy")  # fmt: skip
+    for model_dir in args.model_dirs:
+        metrics, _, _ = evaluate_model(load_recognizer(model_dir), args.clips, progress=False, split=args.split, seed=args.seed)
+        print(f"{model_dir}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics), flush=True)
+
+
+if __name__ == "__main__":
+    main()

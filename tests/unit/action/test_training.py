@@ -222,3 +222,21 @@ def test_init_parts_takes_the_trunk_and_decoder_of_a_temporal_model_for_the_pool
             torch.testing.assert_close(value, before[name])
     with pytest.raises(AssertionError, match="no parameter under"):
         load_parts(tmp_path, baseline, ("encoder.rnn_that_is_not_there",))
+
+
+def test_selection_scoring_reads_artifacts_and_an_averaged_one_loads(tmp_path, capsys):
+    from mmserve.plugins.action.evaluate import main as score_artifacts
+    from mmserve.plugins.average import write_average
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_recognizer(build_model(resolve_settings(TINY), VOCAB), tmp_path / f"run{seed}", {})
+    soup = write_average([tmp_path / "run0", tmp_path / "run1"], tmp_path / "soup")
+    model = load_recognizer(soup)  # strict: every tensor of the architecture is there
+    a, b = load_recognizer(tmp_path / "run0"), load_recognizer(tmp_path / "run1")
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a.state_dict()[name] + b.state_dict()[name]) / 2)
+    score_artifacts([str(soup), "--split", "val", "--seed", "1", "--clips", "3"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{soup}: exact_sequence_accuracy ") and "localisation_iou50" in line
