@@ -74,15 +74,20 @@ eval-captioning: install
 # 1. motion input: 2,500 single-frame trunk-pretraining steps (pose and pose change), then 2,000
 #    clip steps with one memory position per frame;
 # 2. two regions per frame (left and right strips as separate memory positions), started from
-#    stage 1, 4,140 s; the best-on-validation model of each stage is kept.
+#    stage 1, 4,140 s;
+# 3. fine-tuning from stage 2 on fresh clips every epoch (clip_pool=0, seed 1), lr 4e-4, 4,500 s;
+#    the best-on-validation model of each stage is kept.
 # Then the no-temporal-encoder baseline on stage 1's trunk and decoder, 900 s.
 train-action: install
 	$(BIN)/mmserve train action --no-register --no-eval --output-dir /tmp/mmserve-action-motion --epochs 30 --batch-size 16 --lr 1.5e-3 \
 		--set input=motion --set stem_stride=1 --set pretrain_steps=2500 --set freeze_stages=1 --set eval_every=200 \
 		--set val_clips=200 --set time_budget_s=7300 --max-steps 2000
-	$(BIN)/mmserve train action --no-register --no-eval --output-dir plugins/action/weights --epochs 30 --batch-size 16 --lr 1e-3 \
+	$(BIN)/mmserve train action --no-register --no-eval --output-dir /tmp/mmserve-action-regions --epochs 30 --batch-size 16 --lr 1e-3 \
 		--set input=motion --set regions=2 --set stem_stride=1 --set freeze_stages=1 \
 		--set init_regions_from=/tmp/mmserve-action-motion --set eval_every=200 --set val_clips=200 --set time_budget_s=4140
+	$(BIN)/mmserve train action --no-register --no-eval --output-dir plugins/action/weights --epochs 100 --batch-size 16 --lr 4e-4 --seed 1 \
+		--set input=motion --set regions=2 --set stem_stride=1 --set freeze_stages=1 --set init_from=/tmp/mmserve-action-regions \
+		--set clip_pool=0 --set warmup_steps=50 --set eval_every=200 --set val_clips=300 --set time_budget_s=4500
 	$(BIN)/mmserve train action --no-register --no-eval --output-dir plugins/action/baseline --epochs 30 --batch-size 16 --lr 1e-3 \
 		--set input=motion --set temporal=none --set stem_stride=1 --set freeze_stages=1 \
 		--set init_from=/tmp/mmserve-action-motion --set init_parts=encoder.cnn,decoder --set eval_every=200 \
