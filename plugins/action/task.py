@@ -47,6 +47,7 @@ class ActionTask(Task):
     v2_outputs = (TensorSpec("CAPTION", "BYTES", (1,)), TensorSpec("ACTIONS", "BYTES", (1,)))
     default_max_length = 16
     request_options = SamplingOptions
+    keeps_attention = True  # every action's time span comes from the attention over frames
 
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
         return load_recognizer(artifact_dir, device)

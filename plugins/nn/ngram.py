@@ -164,14 +164,17 @@ class NGramLM:
             context = torch.where(reset.view(-1, 1), blank, context)
         return {STATE_KEY: context}
 
-    def log_probs(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        """log P(next | context) [B, V] (float64) for every row's context."""
+    def log_probs(self, state: dict[str, torch.Tensor], tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """log P(token | context) (float64) for every row's context: of the tokens [B, K] given
+        (a decoder's candidates: each one's recursion is its own, so K < V costs K / V), else of
+        every token, [B, V]."""
         context = state[STATE_KEY]
         batch, width = context.shape
-        vocab, base = self.config.vocab_size, self.config.base
-        device = context.device
-        next_ids = torch.arange(vocab, device=device).view(1, vocab) + 1
-        probs = torch.full((batch, vocab), 1.0 / vocab, dtype=torch.float64, device=device)
+        base, device = self.config.base, context.device
+        if tokens is None:
+            tokens = torch.arange(self.config.vocab_size, device=device).expand(batch, -1)
+        next_ids = tokens.to(torch.long) + 1  # [B, K]
+        probs = torch.full(next_ids.shape, 1.0 / self.config.vocab_size, dtype=torch.float64, device=device)
         key = torch.zeros(batch, dtype=torch.long, device=device)
         alive = torch.ones(batch, dtype=torch.bool, device=device)
         for k in range(min(self.config.order - 1, width) + 1):  # context lengths 0 .. order - 1
@@ -183,7 +186,7 @@ class NGramLM:
             seen = alive & (total > 0)
             if not bool(seen.any()):
                 break
-            counts = self._event_counts(key.view(batch, 1) * base + next_ids)  # [B, V]
+            counts = self._event_counts(key.view(batch, 1) * base + next_ids)  # [B, K]
             mixed = (counts + types.view(-1, 1) * probs) / (total + types).clamp_min(1).view(-1, 1)
             probs = torch.where(seen.view(-1, 1), mixed, probs)
         return probs.log()

@@ -242,9 +242,10 @@ class ListenAttendSpell(EncoderDecoder):
             new_state.update(ctc_state)
         if self.fused_lm:
             lm_state = self.lm.advance({LM_STATE_KEY: state[LM_STATE_KEY]}, prev)  # the start token first
-            lm = self.lm.log_probs(lm_state)  # [B, V]
-            scores = scores + self.config.lm_weight * lm.gather(1, candidates)
-            end = end + self.config.lm_weight * lm[:, self.eos_id]
+            ends = torch.full_like(candidates[:, :1], self.eos_id)
+            lm = self.lm.log_probs(lm_state, torch.cat([candidates, ends], dim=1))  # [B, K + 1]
+            scores = scores + self.config.lm_weight * lm[:, :-1]
+            end = end + self.config.lm_weight * lm[:, -1]
             new_state.update(lm_state)
         joint = torch.full_like(speller, float("-inf"))
         joint.scatter_(1, candidates, scores)

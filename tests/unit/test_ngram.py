@@ -102,3 +102,11 @@ def test_out_of_range_tokens_and_too_high_orders_are_refused():
         NGramLM.count([[0, 9]], order=2, vocab_size=VOCAB)
     with pytest.raises(AssertionError, match="too high"):
         NGramLM.count([[0, 1]], order=40, vocab_size=VOCAB)
+
+
+def test_scoring_chosen_tokens_equals_scoring_all_of_them():
+    lm = NGramLM.count(CORPUS, order=4, vocab_size=VOCAB, boundaries=(SPACE,))
+    states = [state_after(lm, h) for h in ([START], [START, 3, 4], [START, 4, 4, SPACE, 3])]
+    state = {STATE_KEY: torch.cat([s[STATE_KEY] for s in states])}
+    chosen = torch.tensor([[1, 4, 6], [5, 3, 1], [0, 2, 4]])
+    torch.testing.assert_close(lm.log_probs(state, chosen), lm.log_probs(state).gather(1, chosen))
