@@ -79,6 +79,7 @@ class NGramLM:
         self.context_keys, self.context_totals, self.context_types = (
             tables["context_keys"], tables["context_totals"].double(), tables["context_types"].double())  # fmt: skip
         self.event_keys, self.event_counts = tables["event_keys"], tables["event_counts"].double()
+        self._rows: torch.Tensor | None = None  # log-probabilities of every stored context (log_probs)
 
     # ----- counting -----------------------------------------------------------------------
 
@@ -166,29 +167,77 @@ class NGramLM:
 
     def log_probs(self, state: dict[str, torch.Tensor], tokens: torch.Tensor | None = None) -> torch.Tensor:
         """log P(token | context) (float64) for every row's context: of the tokens [B, K] given
-        (a decoder's candidates: each one's recursion is its own, so K < V costs K / V), else of
-        every token, [B, V]."""
+        (a decoder's candidates), else of every token, [B, V].
+
+        A context's distribution is that of its longest suffix the counts have seen (a longer,
+        unseen one adds nothing to the interpolation), and the seen contexts are few (every
+        one is stored), so each one's row over the vocabulary is computed once, on first use:
+        a decoding step is then one hash lookup and a gather."""
         context = state[STATE_KEY]
+        batch, width = context.shape
+        device = context.device
+        longest = min(self.config.order - 1, width)
+        keys, alive = self._suffix_keys(context, longest)  # [B, L + 1]
+        found, index = _lookup(self.context_keys, keys)
+        usable = alive & found
+        # the longest usable suffix: the last True along dim 1 (the empty context always is,
+        # unless nothing was counted at all)
+        lengths = torch.arange(longest + 1, device=device).expand(batch, -1)
+        best = torch.where(usable, lengths, -1).amax(dim=1)
+        if bool((best < 0).any()):
+            return self._interpolated(context, tokens)
+        rows = self._table().index_select(0, index.gather(1, best.view(-1, 1)).squeeze(1))  # [B, V]
+        return rows if tokens is None else rows.gather(1, tokens.to(torch.long))
+
+    def prepare(self) -> NGramLM:
+        """Build the table `log_probs` reads now (about a second for 30,000 contexts), not on the first request."""
+        self._table()
+        return self
+
+    def _table(self) -> torch.Tensor:
+        """log P(every token | context) [C, V] of every stored context (built once)."""
+        if self._rows is None:
+            contexts = self._stored_contexts()
+            rows = [self._interpolated(chunk) for chunk in contexts.split(4096)]
+            self._rows = torch.cat(rows) if rows else torch.empty(0, self.config.vocab_size, dtype=torch.float64)
+        return self._rows
+
+    def _stored_contexts(self) -> torch.Tensor:
+        """The stored context keys decoded back into token rows [C, order - 1] (left-padded -1)."""
+        width, base = max(self.config.order - 1, 1), self.config.base
+        digits = torch.stack([(self.context_keys // base**j) % base for j in range(width)], dim=1)  # most recent first
+        return (digits - 1).flip(1)  # digit 0 (no token) becomes -1
+
+    def _suffix_keys(self, context: torch.Tensor, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys of the contexts of length 0..longest (the last k tokens) [B, L + 1], and whether
+        each is whole (no padding inside) [B, L + 1]."""
+        batch, width = context.shape
+        device = context.device
+        recent = context[:, width - longest :].flip(1)  # [B, L]: the last token first
+        alive = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=device), (recent >= 0).cummin(dim=1).values], 1)
+        powers = self.config.base ** torch.arange(longest, device=device, dtype=torch.long)
+        keys = torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=device),
+                          ((recent.clamp_min(0) + 1) * powers).cumsum(dim=1)], dim=1)  # fmt: skip
+        return keys, alive
+
+    def _interpolated(self, context: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The Witten-Bell interpolation itself, every context length at once."""
         batch, width = context.shape
         base, device = self.config.base, context.device
         if tokens is None:
             tokens = torch.arange(self.config.vocab_size, device=device).expand(batch, -1)
         next_ids = tokens.to(torch.long) + 1  # [B, K]
-        probs = torch.full(next_ids.shape, 1.0 / self.config.vocab_size, dtype=torch.float64, device=device)
-        key = torch.zeros(batch, dtype=torch.long, device=device)
-        alive = torch.ones(batch, dtype=torch.bool, device=device)
-        for k in range(min(self.config.order - 1, width) + 1):  # context lengths 0 .. order - 1
-            if k > 0:
-                token = context[:, width - k]
-                alive = alive & (token >= 0)
-                key = key + (token.clamp_min(0) + 1) * base ** (k - 1)
-            total, types = self._context_counts(key)
-            seen = alive & (total > 0)
-            if not bool(seen.any()):
-                break
-            counts = self._event_counts(key.view(batch, 1) * base + next_ids)  # [B, K]
-            mixed = (counts + types.view(-1, 1) * probs) / (total + types).clamp_min(1).view(-1, 1)
-            probs = torch.where(seen.view(-1, 1), mixed, probs)
+        keys, alive = self._suffix_keys(context, min(self.config.order - 1, width))  # [B, L + 1]
+        total, types = self._context_counts(keys)
+        seen = alive & (total > 0)
+        counts = self._event_counts(keys.unsqueeze(2) * base + next_ids.unsqueeze(1))  # [B, L + 1, K]
+        # Witten-Bell: p_k = a_k + b_k p_(k-1) from the uniform p_(-1); an unseen context keeps
+        # p_(k-1) (a = 0, b = 1). Unrolled: p_L = sum_k a_k prod_(j>k) b_j + p_(-1) prod_j b_j.
+        norm = (total + types).clamp_min(1).unsqueeze(2)
+        a = torch.where(seen.unsqueeze(2), counts / norm, 0.0)
+        b = torch.where(seen, types / (total + types).clamp_min(1), 1.0).unsqueeze(2).expand_as(a)
+        after = torch.cat([b[:, 1:].flip(1).cumprod(dim=1).flip(1), torch.ones_like(b[:, :1])], dim=1)  # prod_(j>k) b_j
+        probs = (a * after).sum(dim=1) + b.prod(dim=1) / self.config.vocab_size
         return probs.log()
 
     def _context_counts(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,6 +252,7 @@ class NGramLM:
     def to(self, device: torch.device | str) -> NGramLM:
         for name in ("context_keys", "context_totals", "context_types", "event_keys", "event_counts"):
             setattr(self, name, getattr(self, name).to(device))
+        self._rows = None if self._rows is None else self._rows.to(device)
         return self
 
     @property

@@ -178,7 +178,7 @@ class ListenAttendSpell(EncoderDecoder):
     def attach_lm(self, lm: NGramLM | None) -> None:
         """Use (or drop, with None) a character n-gram LM for shallow fusion."""
         assert lm is None or lm.config.vocab_size == len(self.vocab), "the LM was counted over another vocabulary"
-        self.lm = lm
+        self.lm = lm.prepare() if lm is not None else None
 
     @property
     def frames_per_position(self) -> int:

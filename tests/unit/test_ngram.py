@@ -110,3 +110,11 @@ def test_scoring_chosen_tokens_equals_scoring_all_of_them():
     state = {STATE_KEY: torch.cat([s[STATE_KEY] for s in states])}
     chosen = torch.tensor([[1, 4, 6], [5, 3, 1], [0, 2, 4]])
     torch.testing.assert_close(lm.log_probs(state, chosen), lm.log_probs(state).gather(1, chosen))
+
+
+def test_the_table_of_seen_contexts_gives_the_interpolation_of_any_context():
+    lm = NGramLM.count(CORPUS * 3 + [[START, 6, 5, 4, 3, SPACE, 6, END]], order=5, vocab_size=VOCAB, boundaries=(SPACE,))
+    contexts = torch.randint(0, VOCAB, (200, 4), generator=torch.Generator().manual_seed(0))
+    contexts[:50, :2] = -1  # short contexts (utterance starts, word starts)
+    contexts[50:60] = -1
+    torch.testing.assert_close(lm.log_probs({STATE_KEY: contexts}), lm._interpolated(contexts))
