@@ -5,6 +5,7 @@ artifact is present) the model without a temporal encoder.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -187,8 +188,6 @@ def main(argv: list[str] | None = None) -> None:
 
         python -m mmserve.plugins.action.evaluate DIR [DIR ...]   # val clips of seed 3 (600)
     """
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dirs", type=Path, nargs="+")
     parser.add_argument("--split", default=SELECTION[0], choices=("train", "val", "test"))

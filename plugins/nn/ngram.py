@@ -171,8 +171,8 @@ class NGramLM:
 
         A context's distribution is that of its longest suffix the counts have seen (a longer,
         unseen one adds nothing to the interpolation), and the seen contexts are few (every
-        one is stored), so each one's row over the vocabulary is computed once, on first use:
-        a decoding step is then one hash lookup and a gather."""
+        one is stored), so each one's row over the vocabulary is computed once (`prepare`, or the
+        first call): a decoding step is then one hash lookup and a gather."""
         context = state[STATE_KEY]
         batch, width = context.shape
         device = context.device

@@ -39,6 +39,11 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 
+def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features") -> list[torch.Tensor]:
+    """Log-mel features [T, F] of every clip of a split."""
+    return [featurizer(torch.from_numpy(clips.wave(i))) for i in tqdm(range(len(clips)), desc=desc, disable=not progress, leave=False)]  # fmt: skip
+
+
 @torch.no_grad()
 def transcribe(
     model: ListenAttendSpell,
@@ -141,8 +146,7 @@ def evaluate_artifact(
     same clips for a fair comparison."""
     model = load_speech_model(artifact_dir, device)
     clips = artifact_clips(artifact_dir, "test", progress)
-    featurizer = LogMel(model.config.features)
-    features = [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))]
+    features = clip_features(clips, LogMel(model.config.features))
     texts = [clips.text(i) for i in range(len(clips))]
     weight, configured_lm_weight = model.config.ctc_decode_weight, model.config.lm_weight
     lm_weight = configured_lm_weight if model.lm is not None else 0.0

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
 from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
-from mmserve.plugins.speech.evaluate import ctc_transcribe, error_rates, transcribe
+from mmserve.plugins.speech.evaluate import clip_features, ctc_transcribe, error_rates, transcribe
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
 from mmserve.plugins.speech.model import (
     ListenAttendSpell,
@@ -157,10 +157,6 @@ def _over_budget(started: float, s: dict[str, Any]) -> bool:
     return s["time_budget_minutes"] > 0 and time.monotonic() - started > 60 * s["time_budget_minutes"]
 
 
-def featurize(clips: SpeechClips, featurizer: LogMel, progress: bool, desc: str) -> list[torch.Tensor]:
-    return [featurizer(torch.from_numpy(clips.wave(i))) for i in tqdm(range(len(clips)), desc=desc, disable=not progress, leave=False)]  # fmt: skip
-
-
 @torch.no_grad()
 def validate_ctc(model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str]) -> dict[str, float]:
     """Validation of the listener alone (CTC best path), while it is pretrained."""
@@ -199,8 +195,8 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     featurizer = LogMel(model.config.features)
     train_clips = SpeechClips(split_dir(cache, "train", sizes))
     val_clips = SpeechClips(split_dir(cache, "val", sizes))
-    train_x = featurize(train_clips, featurizer, s["progress"], "features train")
-    val_x = featurize(val_clips, featurizer, s["progress"], "features val")
+    train_x = clip_features(train_clips, featurizer, s["progress"], "features train")
+    val_x = clip_features(val_clips, featurizer, s["progress"], "features val")
     train_y = [encode_chars(model.vocab, train_clips.text(i)) for i in range(len(train_clips))]
     # Silence and faint noise transcribe to nothing: a few such clips teach the empty answer.
     silent = [featurizer(silence_clip(random.Random(f"silence/{i}"))) for i in range(len(train_x) * s["silence_percent"] // 100)]

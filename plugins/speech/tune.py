@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 
 from mmserve.plugins.speech.checkpoint import load_speech_model
-from mmserve.plugins.speech.evaluate import BEAM_SIZE, artifact_clips, error_rates, transcribe
+from mmserve.plugins.speech.evaluate import BEAM_SIZE, artifact_clips, clip_features, error_rates, transcribe
 from mmserve.plugins.speech.features import LogMel
 from mmserve.plugins.speech.model import ListenAttendSpell
 
 
 def val_features(artifact_dir: Path, model: ListenAttendSpell) -> tuple[list[torch.Tensor], list[str]]:
     clips = artifact_clips(artifact_dir, "val")
-    featurizer = LogMel(model.config.features)
-    return [featurizer(torch.from_numpy(clips.wave(i))) for i in range(len(clips))], [clips.text(i) for i in range(len(clips))]
+    return clip_features(clips, LogMel(model.config.features)), [clips.text(i) for i in range(len(clips))]
 
 
 def main(argv: list[str] | None = None) -> None:
