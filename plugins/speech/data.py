@@ -47,7 +47,7 @@ TRAIN_VARIANTS = (
 )  # fmt: skip
 HELD_OUT_VARIANTS = ("m6", "f4", "belinda", "grandpa", "zac", "klatt2", "Alex", "michel")
 
-SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3, "train-extra": 4}
 
 
 class EspeakMissing(RuntimeError):
@@ -228,9 +228,11 @@ def split_texts(sizes: dict[str, int]) -> dict[str, list[str]]:
     return {"train": train, "val": val, "test": test}
 
 
-def build_split(cache_dir: Path, split: str, texts: list[str], workers: int = 4, progress: bool = True) -> Path:
-    """Write `split` (waves.npy int16 concatenated, index.json) under `cache_dir` unless present."""
-    out = Path(cache_dir) / split
+def build_split(cache_dir: Path, split: str, texts: list[str], workers: int = 4, progress: bool = True,
+                folder: str | None = None) -> Path:  # fmt: skip
+    """Write `split` (waves.npy int16 concatenated, index.json) under `cache_dir` (in `folder`,
+    default the split's name) unless present."""
+    out = Path(cache_dir) / (folder or split)
     index_file = out / "index.json"
     if index_file.is_file() and len(json.loads(index_file.read_text())["clips"]) == len(texts):
         return out
@@ -257,6 +259,17 @@ def build_cache(cache_dir: Path | None = None, sizes: dict[str, int] | None = No
     for split in ("test", "val", "train"):
         build_split(split_dir(cache_dir, split, sizes).parent, split, texts[split], workers, progress)
     return cache_dir
+
+
+def build_extra_train(cache_dir: Path, sizes: dict[str, int], count: int, workers: int = 4, progress: bool = True) -> Path:
+    """`count` more training clips beside the training split: the training voices with fresh
+    draws of speed, pitch, amplitude and augmentation, reading sentences of their own (seed
+    "train-extra") that never occur in val or test. The val and test splits stay as they are,
+    so a model trained with them is scored on the very same clips."""
+    texts = split_texts(sizes)
+    extra = split_sentences("train-extra", count, frequent_words(), exclude=set(texts["val"]) | set(texts["test"]))
+    parent = split_dir(cache_dir, "train", sizes).parent
+    return build_split(parent, "train-extra", extra, workers, progress, folder=f"train-extra-{count}")
 
 
 class SpeechClips:

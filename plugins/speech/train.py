@@ -26,7 +26,14 @@ from tqdm import tqdm
 
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
-from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
+from mmserve.plugins.speech.data import (
+    SPLIT_SIZES,
+    SpeechClips,
+    build_cache,
+    build_extra_train,
+    default_cache_dir,
+    split_dir,
+)
 from mmserve.plugins.speech.evaluate import clip_features, ctc_transcribe, error_rates, transcribe
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
 from mmserve.plugins.speech.model import (
@@ -48,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "train_clips": SPLIT_SIZES["train"],
     "val_clips": SPLIT_SIZES["val"],
     "test_clips": SPLIT_SIZES["test"],
+    "extra_train_clips": 0,  # more training clips (training voices, fresh draws and sentences); val and test unchanged
     "data_workers": 4,  # espeak-ng subprocesses at once while generating
     "init_from": "",  # an artifact directory to start from (same model settings), e.g. to continue a run
     # features and model
@@ -198,6 +206,10 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     train_x = clip_features(train_clips, featurizer, s["progress"], "features train")
     val_x = clip_features(val_clips, featurizer, s["progress"], "features val")
     train_y = [encode_chars(model.vocab, train_clips.text(i)) for i in range(len(train_clips))]
+    if s["extra_train_clips"]:
+        extra = SpeechClips(build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]))
+        train_x += clip_features(extra, featurizer, s["progress"], "features extra")
+        train_y += [encode_chars(model.vocab, extra.text(i)) for i in range(len(extra))]
     # Silence and faint noise transcribe to nothing: a few such clips teach the empty answer.
     silent = [featurizer(silence_clip(random.Random(f"silence/{i}"))) for i in range(len(train_x) * s["silence_percent"] // 100)]
     train_x, train_y = train_x + silent, train_y + [encode_chars(model.vocab, "")] * len(silent)

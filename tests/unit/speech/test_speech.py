@@ -362,3 +362,17 @@ def test_espeak_clip_is_speech_of_plausible_length():
     assert info["voice"] in data.voices("test")
     assert 0.5 < len(wave) / data.SAMPLE_RATE < 5.0
     assert np.abs(wave).max() > 0.05
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_extra_training_clips_use_training_voices_and_leave_val_and_test_alone(tmp_path):
+    sizes = {"train": 30, "val": 5, "test": 5}
+    texts = data.split_texts(sizes)
+    folder = data.build_extra_train(tmp_path, sizes, 6, workers=2, progress=False)
+    clips = data.SpeechClips(folder)
+    assert folder.name == "train-extra-6" and len(clips) == 6
+    assert {c["voice"] for c in clips.clips} <= set(data.voices("train"))
+    assert not {clips.text(i) for i in range(6)} & (set(texts["val"]) | set(texts["test"]))
+    assert data.split_texts(sizes) == texts  # val and test sentences are unchanged
+    assert all(0.3 < len(clips.wave(i)) / data.SAMPLE_RATE < 10 for i in range(6))
+    assert data.build_extra_train(tmp_path, sizes, 6, workers=2, progress=False) == folder  # cached, not redone
