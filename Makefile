@@ -117,7 +117,8 @@ eval-music: install
 
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
 # $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
-# minutes of joint training from them, then the character LM and the decoding weights (see
+# minutes of joint training from them, then 100 minutes with 30,000 more clips, then the
+# character LM and the decoding weights (see
 # plugins/speech/README.md); then WER / CER beside pocketsphinx (the `eval` extra).
 SPEECH_RECIPE = --epochs 40 --batch-size 32 --set freq_masks=0 --set time_masks=0 --set dropout=0 --set max_length=120
 train-speech: install
@@ -129,9 +130,13 @@ train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-joint3 $(SPEECH_RECIPE) --lr 2e-3 \
 		--set init_from=/tmp/mmserve-speech-joint --set ctc_pretrain_steps=0 --set warmup_steps=50 \
 		--set time_budget_minutes=9 --set eval_every=300 --set curriculum_epochs=0
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 2e-3 \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-joint4 $(SPEECH_RECIPE) --epochs 300 --lr 2e-3 \
 		--set init_from=/tmp/mmserve-speech-joint3 --set ctc_pretrain_steps=0 --set warmup_steps=50 \
 		--set time_budget_minutes=122 --set eval_every=400 --set curriculum_epochs=0
+	# 30,000 more training clips (generated once, ~16 min), then 100 minutes on all 36,000
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 1e-3 \
+		--set init_from=/tmp/mmserve-speech-joint4 --set extra_train_clips=30000 --set ctc_pretrain_steps=0 \
+		--set warmup_steps=50 --set time_budget_minutes=100 --set eval_every=400 --set curriculum_epochs=0
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips (plugins/speech/README.md)
 	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
