@@ -229,9 +229,10 @@ def split_texts(sizes: dict[str, int]) -> dict[str, list[str]]:
 
 
 def build_split(cache_dir: Path, split: str, texts: list[str], workers: int = 4, progress: bool = True,
-                folder: str | None = None) -> Path:  # fmt: skip
+                folder: str | None = None, first_index: int = 0) -> Path:  # fmt: skip
     """Write `split` (waves.npy int16 concatenated, index.json) under `cache_dir` (in `folder`,
-    default the split's name) unless present."""
+    default the split's name) unless present. Clip i is seeded as clip `first_index + i` of the
+    split, so a split written in shards holds the very clips it would hold in one piece."""
     out = Path(cache_dir) / (folder or split)
     index_file = out / "index.json"
     if index_file.is_file() and len(json.loads(index_file.read_text())["clips"]) == len(texts):
@@ -240,13 +241,17 @@ def build_split(cache_dir: Path, split: str, texts: list[str], workers: int = 4,
     out.mkdir(parents=True, exist_ok=True)
     # espeak-ng runs as a subprocess, so threads overlap its work without extra Python processes.
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        jobs = pool.map(lambda item: make_clip(split, item[0], item[1]), enumerate(texts))
+        jobs = pool.map(lambda item: make_clip(split, first_index + item[0], item[1]), enumerate(texts))
         clips = list(tqdm(jobs, total=len(texts), desc=f"espeak-ng {split}", disable=not progress))
     waves = [np.clip(np.round(w * 32767), -32768, 32767).astype(np.int16) for w, _ in clips]
     offsets = np.cumsum([0] + [len(w) for w in waves]).tolist()
-    np.save(out / "waves.npy", np.concatenate(waves))
+    # Written under temporary names and renamed, the index last: a reader (another process
+    # polling for finished shards, or a later run after a crash) never sees half a split.
+    np.save(out / "waves.tmp.npy", np.concatenate(waves))
+    (out / "waves.tmp.npy").replace(out / "waves.npy")
     meta = [{**info, "start": offsets[i], "end": offsets[i + 1]} for i, (_, info) in enumerate(clips)]
-    index_file.write_text(json.dumps({"sample_rate": SAMPLE_RATE, "clips": meta}))
+    (out / "index.tmp.json").write_text(json.dumps({"sample_rate": SAMPLE_RATE, "clips": meta}))
+    (out / "index.tmp.json").replace(index_file)
     return out
 
 
@@ -261,15 +266,44 @@ def build_cache(cache_dir: Path | None = None, sizes: dict[str, int] | None = No
     return cache_dir
 
 
-def build_extra_train(cache_dir: Path, sizes: dict[str, int], count: int, workers: int = 4, progress: bool = True) -> Path:
-    """`count` more training clips beside the training split: the training voices with fresh
-    draws of speed, pitch, amplitude and augmentation, reading sentences of their own (seed
-    "train-extra") that never occur in val or test. The val and test splits stay as they are,
-    so a model trained with them is scored on the very same clips."""
+EXTRA_SHARD_CLIPS = 1000  # extra clips are written in shards: a larger count reuses the smaller one's
+
+
+def extra_sentences(sizes: dict[str, int], count: int) -> list[str]:
+    """Sentences of the extra training clips (seed "train-extra"), none of them in val or test.
+    The first n of a larger count are the n of a smaller one."""
     texts = split_texts(sizes)
-    extra = split_sentences("train-extra", count, frequent_words(), exclude=set(texts["val"]) | set(texts["test"]))
+    return split_sentences("train-extra", count, frequent_words(), exclude=set(texts["val"]) | set(texts["test"]))
+
+
+def extra_shards(count: int, shard_clips: int = EXTRA_SHARD_CLIPS) -> list[tuple[int, int]]:
+    """[start, end) clip ranges of the shards that hold `count` extra clips."""
+    return [(start, min(start + shard_clips, count)) for start in range(0, count, shard_clips)]
+
+
+def extra_shard_folder(start: int, end: int) -> str:
+    return f"train-extra/{start:07d}-{end:07d}"
+
+
+def build_extra_shard(parent: Path, texts: list[str], start: int, workers: int = 1) -> Path:
+    """The shard of extra clips `start`.. reading `texts` under `parent` (the training split's
+    folder). Module-level and with one torch thread, so a process pool can run one per core."""
+    torch.set_num_threads(1)
+    return build_split(parent, "train-extra", texts, workers, False, extra_shard_folder(start, start + len(texts)), start)
+
+
+def build_extra_train(cache_dir: Path, sizes: dict[str, int], count: int, workers: int = 4, progress: bool = True,
+                      shard_clips: int = EXTRA_SHARD_CLIPS) -> list[Path]:  # fmt: skip
+    """`count` more training clips beside the training split, in shards of `shard_clips`: the
+    training voices with fresh draws of speed, pitch, amplitude and augmentation, reading
+    sentences of their own that never occur in val or test. The val and test splits stay as
+    they are, so a model trained with them is scored on the very same clips. Returns the shard
+    folders; shards already written are reused (see clip_stream.py to write them while training)."""
+    sentences = extra_sentences(sizes, count)
     parent = split_dir(cache_dir, "train", sizes).parent
-    return build_split(parent, "train-extra", extra, workers, progress, folder=f"train-extra-{count}")
+    shards = extra_shards(count, shard_clips)
+    bar = tqdm(shards, desc="espeak-ng extra clips", unit="shard", disable=not progress)
+    return [build_split(parent, "train-extra", sentences[a:b], workers, False, extra_shard_folder(a, b), a) for a, b in bar]
 
 
 class SpeechClips:

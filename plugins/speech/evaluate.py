@@ -39,9 +39,12 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 
-def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features") -> list[torch.Tensor]:
-    """Log-mel features [T, F] of every clip of a split."""
-    return [featurizer(torch.from_numpy(clips.wave(i))) for i in tqdm(range(len(clips)), desc=desc, disable=not progress, leave=False)]  # fmt: skip
+def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features",
+                  device: torch.device | str = "cpu") -> list[torch.Tensor]:  # fmt: skip
+    """Log-mel features [T, F] of every clip of a split, computed on `device` (where
+    `featurizer` is) and returned on the CPU."""
+    bar = tqdm(range(len(clips)), desc=desc, disable=not progress, leave=False)
+    return [featurizer(torch.from_numpy(clips.wave(i)).to(device)).cpu() for i in bar]
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ Knobs live in `DEFAULTS`, overridden with `mmserve train speech --set key=value`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
+from mmserve.plugins.speech.clip_stream import ExtraClipStream
 from mmserve.plugins.speech.data import (
     SPLIT_SIZES,
     SpeechClips,
@@ -56,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "val_clips": SPLIT_SIZES["val"],
     "test_clips": SPLIT_SIZES["test"],
     "extra_train_clips": 0,  # more training clips (training voices, fresh draws and sentences); val and test unchanged
+    # 0: write every extra clip before training; N: write them in N background processes while
+    # training, each shard joining the training pool as it lands (clip_stream.py)
+    "extra_clip_processes": 0,
     "data_workers": 4,  # espeak-ng subprocesses at once while generating
     "init_from": "",  # an artifact directory to start from (same model settings), e.g. to continue a run
     # features and model
@@ -175,10 +180,12 @@ def validate_ctc(model: ListenAttendSpell, features: list[torch.Tensor], texts: 
 @torch.no_grad()
 def validate(model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str], s: dict[str, Any]) -> dict[str, float]:
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(features), 32):
         batch = model.collate(features[start : start + 32])
-        targets = pad_targets([encode_chars(model.vocab, t) for t in texts[start : start + 32]], model.pad_id)
+        batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
+        targets = pad_targets([encode_chars(model.vocab, t) for t in texts[start : start + 32]], model.pad_id).to(device)
         _, parts = speech_loss(model, batch, targets, 0.0, 0.0)
         total, count = total + parts["ce"] * len(targets), count + len(targets)
     hypotheses = transcribe(model, features, beam_size=1, max_length=s["max_length"])
@@ -196,25 +203,38 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     device = torch.device(options.device)
     sizes = {"train": s["train_clips"], "val": s["val_clips"], "test": s["test_clips"]}
     cache = build_cache(s["data_dir"] or default_cache_dir(), sizes, s["data_workers"], s["progress"])
+    stream = None  # started first: its processes write shards while the features below are computed
+    if s["extra_train_clips"] and s["extra_clip_processes"]:
+        stream = ExtraClipStream(cache, sizes, s["extra_train_clips"], s["extra_clip_processes"])
     model = build_model(s)
     if s["init_from"]:
         model.load_state_dict(load_speech_model(s["init_from"]).state_dict())
     model = model.to(device)
-    featurizer = LogMel(model.config.features)
-    train_clips = SpeechClips(split_dir(cache, "train", sizes))
+    featurizer = LogMel(model.config.features).to(device)
+    train_x: list[torch.Tensor] = []
+    train_y: list[list[int]] = []
+    spoken_and_silent = [0, 0]
+
+    def add_clips(folder) -> None:
+        clips = SpeechClips(folder)
+        train_x.extend(clip_features(clips, featurizer, s["progress"], f"features {clips.directory.name}", device))
+        train_y.extend(encode_chars(model.vocab, clips.text(i)) for i in range(len(clips)))
+        # Silence and faint noise transcribe to nothing: a few such clips teach the empty answer.
+        spoken_and_silent[0] += len(clips)
+        for i in range(spoken_and_silent[1], spoken_and_silent[0] * s["silence_percent"] // 100):
+            train_x.append(featurizer(silence_clip(random.Random(f"silence/{i}")).to(device)).cpu())
+            train_y.append(encode_chars(model.vocab, ""))
+            spoken_and_silent[1] = i + 1
+
+    add_clips(split_dir(cache, "train", sizes))
     val_clips = SpeechClips(split_dir(cache, "val", sizes))
-    train_x = clip_features(train_clips, featurizer, s["progress"], "features train")
-    val_x = clip_features(val_clips, featurizer, s["progress"], "features val")
-    train_y = [encode_chars(model.vocab, train_clips.text(i)) for i in range(len(train_clips))]
-    if s["extra_train_clips"]:
-        extra = SpeechClips(build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]))
-        train_x += clip_features(extra, featurizer, s["progress"], "features extra")
-        train_y += [encode_chars(model.vocab, extra.text(i)) for i in range(len(extra))]
-    # Silence and faint noise transcribe to nothing: a few such clips teach the empty answer.
-    silent = [featurizer(silence_clip(random.Random(f"silence/{i}"))) for i in range(len(train_x) * s["silence_percent"] // 100)]
-    train_x, train_y = train_x + silent, train_y + [encode_chars(model.vocab, "")] * len(silent)
+    val_x = clip_features(val_clips, featurizer, s["progress"], "features val", device)
+    if s["extra_train_clips"] and not stream:
+        for folder in build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]):
+            add_clips(folder)
     val_texts = [val_clips.text(i) for i in range(len(val_clips))]
-    steps_per_epoch = math.ceil(len(train_x) / options.batch_size)
+    final_size = len(train_x) + (s["extra_train_clips"] * (100 + s["silence_percent"]) // 100 if stream else 0)
+    steps_per_epoch = math.ceil(final_size / options.batch_size)  # once every shard has landed
     total_steps = options.epochs * steps_per_epoch
     if options.max_steps is not None:
         total_steps = min(total_steps, options.max_steps)
@@ -247,7 +267,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
         # Validate; the best weights so far go to the output directory at once, so a run that
         # is stopped early still leaves usable weights.
         nonlocal best_cer
-        row: dict[str, float] = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1)}
+        row: dict[str, float] = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1), "train_pool": len(train_x)}
         if pretraining() and not (final and not history):  # the speller is untrained: only the listener's CTC
             row.update(validate_ctc(model, val_x, val_texts))
         else:
@@ -265,44 +285,47 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
         tqdm.write(line, file=sys.stderr)
         model.train()
 
-    speller_epochs = 0  # epochs that began with the speller in training
-    for epoch in range(1, options.epochs + 1):
-        model.train()
-        running, seen = 0.0, 0
-        lengths = [x.shape[0] for x in train_x]
-        speller_epochs += 0 if pretraining() else 1
-        curriculum = 1 <= speller_epochs <= s["curriculum_epochs"]  # the speller meets short clips first
-        batches = length_batches(lengths, options.batch_size, rng, shortest_first=curriculum)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
-        for index in bar:
-            batch = model.collate([spec_augment(train_x[i], rng, s) for i in index])
-            batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
-            targets = pad_targets([train_y[i] for i in index], model.pad_id).to(device)
-            if pretraining():
-                loss = ctc_loss(model, batch, targets)
-                parts = {"ce": float("nan"), "ctc": loss.item()}
-            else:
-                loss, parts = speech_loss(model, batch, targets, s["label_smoothing"], s["ctc_weight"] if s["ctc"] else 0.0,
-                                          s["guide_weight"], s["guide_width"])  # fmt: skip
-            time_progress = (time.monotonic() - started) / budget_s if budget_s > 0 else 0.0
-            lr = options.learning_rate * schedule(step, time_progress=time_progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
-            optimizer.step()
-            step += 1
-            running, seen = running + loss.item() * len(index), seen + len(index)
-            bar.set_postfix(loss=f"{running / seen:.3f}", ce=f"{parts['ce']:.3f}", lr=f"{lr:.1e}")
-            if step >= total_steps or _over_budget(started, s):
+    with stream or contextlib.nullcontext():  # stops the shard writers however training ends
+        speller_epochs = 0  # epochs that began with the speller in training
+        for epoch in range(1, options.epochs + 1):
+            model.train()
+            running, seen = 0.0, 0
+            for folder in stream.take_ready() if stream else []:  # shards written since the last epoch
+                add_clips(folder)
+            lengths = [x.shape[0] for x in train_x]
+            speller_epochs += 0 if pretraining() else 1
+            curriculum = 1 <= speller_epochs <= s["curriculum_epochs"]  # the speller meets short clips first
+            batches = length_batches(lengths, options.batch_size, rng, shortest_first=curriculum)
+            bar = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
+            for index in bar:
+                batch = model.collate([spec_augment(train_x[i], rng, s) for i in index])
+                batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
+                targets = pad_targets([train_y[i] for i in index], model.pad_id).to(device)
+                if pretraining():
+                    loss = ctc_loss(model, batch, targets)
+                    parts = {"ce": float("nan"), "ctc": loss.item()}
+                else:
+                    loss, parts = speech_loss(model, batch, targets, s["label_smoothing"], s["ctc_weight"] if s["ctc"] else 0.0,
+                                              s["guide_weight"], s["guide_width"])  # fmt: skip
+                time_progress = (time.monotonic() - started) / budget_s if budget_s > 0 else 0.0
+                lr = options.learning_rate * schedule(step, time_progress=time_progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
+                optimizer.step()
+                step += 1
+                running, seen = running + loss.item() * len(index), seen + len(index)
+                bar.set_postfix(loss=f"{running / seen:.3f}", ce=f"{parts['ce']:.3f}", lr=f"{lr:.1e}")
+                if step >= total_steps or _over_budget(started, s):
+                    break
+                if s["eval_every"] and step % s["eval_every"] == 0:
+                    checkpoint(epoch, running, seen)
+            last = step >= total_steps or _over_budget(started, s)
+            checkpoint(epoch, running, seen, final=last)
+            if last:
                 break
-            if s["eval_every"] and step % s["eval_every"] == 0:
-                checkpoint(epoch, running, seen)
-        last = step >= total_steps or _over_budget(started, s)
-        checkpoint(epoch, running, seen, final=last)
-        if last:
-            break
     wall = time.monotonic() - started
     assert history, "no epoch ran"
     logger.log_text(json.dumps(history, indent=1), "history.json")

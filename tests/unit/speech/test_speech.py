@@ -368,12 +368,34 @@ def test_espeak_clip_is_speech_of_plausible_length():
 def test_extra_training_clips_use_training_voices_and_leave_val_and_test_alone(tmp_path):
     sizes = {"train": 30, "val": 5, "test": 5}
     texts = data.split_texts(sizes)
-    folder = data.build_extra_train(tmp_path, sizes, 6, workers=2, progress=False)
-    clips = data.SpeechClips(folder)
-    assert folder.name == "train-extra-6" and len(clips) == 6
-    assert {c["voice"] for c in clips.clips} <= set(data.voices("train"))
-    assert not {clips.text(i) for i in range(6)} & (set(texts["val"]) | set(texts["test"]))
-    assert all(0.3 < len(clips.wave(i)) / data.SAMPLE_RATE < 10 for i in range(6))
-    written = (folder / "waves.npy").stat().st_mtime_ns
-    assert data.build_extra_train(tmp_path, sizes, 6, workers=2, progress=False) == folder
-    assert (folder / "waves.npy").stat().st_mtime_ns == written  # cached, not generated again
+    folders = data.build_extra_train(tmp_path, sizes, 6, workers=2, progress=False, shard_clips=4)
+    assert [f.name for f in folders] == ["0000000-0000004", "0000004-0000006"]
+    clips = [data.SpeechClips(f) for f in folders]
+    spoken = [c.text(i) for c in clips for i in range(len(c))]
+    assert spoken == data.extra_sentences(sizes, 6) and len(set(spoken)) == 6
+    assert {m["voice"] for c in clips for m in c.clips} <= set(data.voices("train"))
+    assert not set(spoken) & (set(texts["val"]) | set(texts["test"]))
+    assert all(0.3 < len(c.wave(i)) / data.SAMPLE_RATE < 10 for c in clips for i in range(len(c)))
+    written = (folders[1] / "waves.npy").stat().st_mtime_ns
+    assert data.build_extra_train(tmp_path, sizes, 6, workers=2, progress=False, shard_clips=4) == folders
+    assert (folders[1] / "waves.npy").stat().st_mtime_ns == written  # cached, not generated again
+
+
+def test_a_larger_extra_count_keeps_the_smaller_ones_sentences_and_shards():
+    sizes = {"train": 30, "val": 5, "test": 5}
+    assert data.extra_sentences(sizes, 40)[:25] == data.extra_sentences(sizes, 25)
+    assert data.extra_shards(25, 10) == [(0, 10), (10, 20), (20, 25)]
+    assert data.extra_shards(40, 10)[:2] == data.extra_shards(25, 10)[:2]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_a_split_written_in_shards_holds_the_clips_written_in_one_piece(tmp_path):
+    sizes = {"train": 30, "val": 5, "test": 5}
+    sentences = data.extra_sentences(sizes, 5)
+    whole = data.SpeechClips(data.build_split(tmp_path, "train-extra", sentences, 2, False, "whole"))
+    shards = data.build_extra_train(tmp_path, sizes, 5, workers=2, progress=False, shard_clips=2)
+    pieces = [(c, i) for c in map(data.SpeechClips, shards) for i in range(len(c))]
+    for k, (clips, i) in enumerate(pieces):
+        assert clips.clips[i]["voice"] == whole.clips[k]["voice"] and clips.text(i) == whole.text(k)
+        # torch's thread count may move a resampled sample by one int16 step, no more
+        np.testing.assert_allclose(clips.wave(i), whole.wave(k), atol=1.5 / 32768)

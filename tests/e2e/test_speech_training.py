@@ -1,0 +1,60 @@
+"""The speech training recipe end to end on a few espeak-ng clips: data, extra clips (written
+before training or by background processes), validation, the best weights on disk."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from mmserve.plugins.speech import data
+from mmserve.plugins.speech.checkpoint import load_speech_model
+from mmserve.plugins.speech.train import train_speech
+from mmserve.plugins.task import TrainOptions
+from mmserve.plugins.tracking import MemoryRunLogger
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
+]
+
+SETTINGS = {"train_clips": 12, "val_clips": 3, "test_clips": 3, "n_mels": 16, "conv_channels": 4, "conv_dim": 16,
+            "listener_hidden": 8, "embed_dim": 8, "speller_hidden": 16, "attn_dim": 8, "ctc_pretrain_steps": 2,
+            "silence_percent": 20, "max_length": 20, "progress": False}  # fmt: skip
+
+
+def train(tmp_path, name: str, **extra):
+    logger = MemoryRunLogger()
+    options = TrainOptions(output_dir=tmp_path / name, epochs=2, batch_size=4, max_steps=6,
+                           extra={**SETTINGS, "data_dir": str(tmp_path / "data"), **extra})  # fmt: skip
+    return train_speech(options, logger), logger
+
+
+def pool_sizes(logger: MemoryRunLogger) -> list[float]:
+    return [m["train_pool"] for _, m in logger.metrics if "train_pool" in m]
+
+
+def test_training_with_extra_clips_written_first_or_by_the_stream(tmp_path):
+    sizes = {"train": 12, "val": 3, "test": 3}
+    result, logger = train(tmp_path, "first", extra_train_clips=6)
+    # 12 clips + 6 extra, and 20 % as many silent ones (2 after the 12, 1 more after the 6)
+    assert set(pool_sizes(logger)) == {21}
+    assert load_speech_model(result.artifact_dir).config.listener.hidden_dim == 8
+    assert {"val_cer", "val_wer", "val_loss", "best_step"} <= set(result.metrics)
+    assert result.metrics["val_cer"] >= 0
+    # The shards now cached, the stream hands them over at the first epoch: the same pool.
+    assert (data.split_dir(tmp_path / "data", "train", sizes).parent / "train-extra").is_dir()
+    _, logger = train(tmp_path, "streamed", extra_train_clips=6, extra_clip_processes=1)
+    assert set(pool_sizes(logger)) == {21}
+
+
+def test_training_starts_before_the_stream_has_written_anything(tmp_path):
+    # 2,000 extra clips take minutes to write; six steps take seconds. Training must not wait
+    # for them, and must stop the writers when it ends.
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    result, logger = train(tmp_path, "early", extra_train_clips=2000, extra_clip_processes=1)
+    assert min(pool_sizes(logger)) == 12 + 2
+    assert result.metrics["best_step"] <= 6
+    assert not [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
