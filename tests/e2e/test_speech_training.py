@@ -58,3 +58,22 @@ def test_training_starts_before_the_stream_has_written_anything(tmp_path):
     assert min(pool_sizes(logger)) == 12 + 2
     assert result.metrics["best_step"] <= 6
     assert not [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
+
+
+def test_the_lm_and_the_decoding_weights_of_a_trained_artifact(tmp_path, capsys):
+    import json
+
+    from mmserve.plugins.speech import lm, tune
+
+    result, _ = train(tmp_path, "tuned")
+    lm.main(["--out", str(result.artifact_dir), "--sentences", "300", "--train-clips", "12", "--val-clips", "3",
+             "--test-clips", "3"])  # fmt: skip
+    assert load_speech_model(result.artifact_dir).lm is not None
+    tune.main(["--model-dir", str(result.artifact_dir), "--ctc-weights", "0.2", "0.6", "--lm-weights", "0", "0.5",
+               "--beam", "2", "--write"])  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if "val beam WER" in line]
+    assert len(lines) == 4  # every pair scored on the val clips
+    written = json.loads((result.artifact_dir / "config.json").read_text())
+    scored = [(float(line.split("WER ")[1].split("%")[0]), float(line.split("CER ")[1].split("%")[0]), line) for line in lines]
+    best = min(scored)[2]  # by WER, then CER (a tiny model's WER ties at 100 %)
+    assert f"ctc {written['ctc_decode_weight']:.2f}  lm {written['lm_weight']:.2f}" in best
