@@ -117,9 +117,11 @@ eval-music: install
 
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
 # $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
-# minutes of joint training from them, then 100 minutes with 30,000 more clips, then the
-# character LM and the decoding weights (see
+# minutes of joint training from them, then 100 minutes with 30,000 more clips, 8 minutes on a
+# GPU and 100 on a CPU with fresh clips written meanwhile, then the character LM and the
+# decoding weights (see
 # plugins/speech/README.md); then WER / CER beside pocketsphinx (the `eval` extra).
+SPEECH_DEVICE ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 SPEECH_RECIPE = --epochs 40 --batch-size 32 --set freq_masks=0 --set time_masks=0 --set dropout=0 --set max_length=120
 train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-ctc $(SPEECH_RECIPE) --lr 3e-3 \
@@ -134,9 +136,21 @@ train-speech: install
 		--set init_from=/tmp/mmserve-speech-joint3 --set ctc_pretrain_steps=0 --set warmup_steps=50 \
 		--set time_budget_minutes=122 --set eval_every=400 --set curriculum_epochs=0
 	# 30,000 more training clips (generated once, ~16 min), then 100 minutes on all 36,000
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 1e-3 \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-extra $(SPEECH_RECIPE) --epochs 300 --lr 1e-3 \
 		--set init_from=/tmp/mmserve-speech-joint4 --set extra_train_clips=30000 --set ctc_pretrain_steps=0 \
 		--set warmup_steps=50 --set time_budget_minutes=100 --set eval_every=400 --set curriculum_epochs=0
+	# 8 minutes on a GPU (it ran on an H200 through bench/gpu/speech_train.sh), the machine's other
+	# cores writing up to 200,000 fresh clips meanwhile; on a CPU the same command makes ~1/10 the steps
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-gpu $(SPEECH_RECIPE) --epochs 300 \
+		--batch-size 256 --lr 1.5e-3 --device $(SPEECH_DEVICE) --set init_from=/tmp/mmserve-speech-extra \
+		--set extra_train_clips=200000 --set extra_clip_processes=$$(( $$(nproc) > 3 ? $$(nproc) - 2 : 1 )) \
+		--set data_workers=$$(nproc) --set ctc_pretrain_steps=0 --set warmup_steps=150 --set time_budget_minutes=8 \
+		--set eval_every=300 --set curriculum_epochs=0 --set num_threads=2
+	# 100 minutes on one core, one process writing fresh clips beside it (120,000 in all)
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 5e-4 \
+		--set init_from=/tmp/mmserve-speech-gpu --set extra_train_clips=120000 --set extra_clip_processes=1 \
+		--set ctc_pretrain_steps=0 --set warmup_steps=50 --set time_budget_minutes=100 --set eval_every=400 \
+		--set curriculum_epochs=0
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips (plugins/speech/README.md)
 	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
