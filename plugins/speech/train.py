@@ -203,9 +203,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     device = torch.device(options.device)
     sizes = {"train": s["train_clips"], "val": s["val_clips"], "test": s["test_clips"]}
     cache = build_cache(s["data_dir"] or default_cache_dir(), sizes, s["data_workers"], s["progress"])
-    stream = None  # started first: its processes write shards while the features below are computed
-    if s["extra_train_clips"] and s["extra_clip_processes"]:
-        stream = ExtraClipStream(cache, sizes, s["extra_train_clips"], s["extra_clip_processes"])
+    streaming = bool(s["extra_train_clips"] and s["extra_clip_processes"])  # see ExtraClipStream below
     model = build_model(s)
     if s["init_from"]:
         model.load_state_dict(load_speech_model(s["init_from"]).state_dict())
@@ -229,11 +227,11 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     add_clips(split_dir(cache, "train", sizes))
     val_clips = SpeechClips(split_dir(cache, "val", sizes))
     val_x = clip_features(val_clips, featurizer, s["progress"], "features val", device)
-    if s["extra_train_clips"] and not stream:
+    if s["extra_train_clips"] and not streaming:
         for folder in build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]):
             add_clips(folder)
     val_texts = [val_clips.text(i) for i in range(len(val_clips))]
-    final_size = len(train_x) + (s["extra_train_clips"] * (100 + s["silence_percent"]) // 100 if stream else 0)
+    final_size = len(train_x) + (s["extra_train_clips"] * (100 + s["silence_percent"]) // 100 if streaming else 0)
     steps_per_epoch = math.ceil(final_size / options.batch_size)  # once every shard has landed
     total_steps = options.epochs * steps_per_epoch
     if options.max_steps is not None:
@@ -285,7 +283,9 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
         tqdm.write(line, file=sys.stderr)
         model.train()
 
-    with stream or contextlib.nullcontext():  # stops the shard writers however training ends
+    # Created at the with, so the shard writers stop however training ends.
+    stream = ExtraClipStream(cache, sizes, s["extra_train_clips"], s["extra_clip_processes"]) if streaming else None
+    with stream or contextlib.nullcontext():
         speller_epochs = 0  # epochs that began with the speller in training
         for epoch in range(1, options.epochs + 1):
             model.train()
