@@ -191,7 +191,7 @@ def _task(name: str):
     return settings, found.tasks[name]
 
 
-def _parse_extra(pairs: list[str]) -> dict[str, Any]:
+def parse_set_options(pairs: list[str]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -211,7 +211,7 @@ def _train(args: argparse.Namespace) -> int:
 
     settings, task = _task(args.task)
     output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix=f"mmserve-{task.name}-"))
-    options = TrainOptions(output_dir=output_dir, device=args.device, extra=_parse_extra(args.set))
+    options = TrainOptions(output_dir=output_dir, device=args.device, extra=parse_set_options(args.set))
     for flag, attr in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "learning_rate"), ("seed", "seed"), ("max_steps", "max_steps")):
         value = getattr(args, flag)
         if value is not None:

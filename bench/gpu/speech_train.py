@@ -17,7 +17,7 @@ from mmserve.plugins.artifacts import write_metrics
 from mmserve.plugins.speech.train import train_speech
 from mmserve.plugins.task import TrainOptions
 from mmserve.plugins.tracking import NullRunLogger
-from mmserve.server.cli import _parse_extra
+from mmserve.server.cli import parse_set_options
 
 
 def main() -> None:
@@ -29,11 +29,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    # TF32 matrix products: the LSTMs and projections lose nothing that matters at this size.
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
     options = TrainOptions(output_dir=args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
-                           learning_rate=args.lr, device=args.device, extra=_parse_extra(args.set))  # fmt: skip
+                           learning_rate=args.lr, device=args.device, extra=parse_set_options(args.set))  # fmt: skip
     started = time.monotonic()
     result = train_speech(options, NullRunLogger())
     write_metrics(result.artifact_dir, result.metrics)
