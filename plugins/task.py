@@ -88,6 +88,9 @@ class Task(ABC):
     v2_inputs: tuple[TensorSpec, ...] = ()
     v2_outputs: tuple[TensorSpec, ...] = ()
     default_max_length: int = 32
+    # Beam width for a request that names none and neither samples nor streams (those decode
+    # greedily); `tasks.<name>.default_beam_size` overrides it. Needs a head that supports beams.
+    default_beam_size: int = 1
     # The task's own upper bound for a request's output length (tokens / steps), when it needs
     # more than the server-wide `max_output_length`; `tasks.<name>.max_output_length` overrides it.
     max_output_length: int | None = None

@@ -148,7 +148,7 @@ class Inference:
     ) -> tuple[asyncio.Future, Callable[[], None]]:
         """Queue the input in the engine now; returns the result's future and a function that
         abandons the request (frees its decode slot), safe to call at any time and repeatedly."""
-        decode_params = to_decode_params(params, service.task.default_max_length, self.settings)
+        decode_params = to_decode_params(params, service.task, self.settings)
         if service.task.keeps_attention:
             decode_params = dataclasses.replace(decode_params, keep_attention=True)
         model_input = inputs.inputs if isinstance(inputs, Prepared) else inputs

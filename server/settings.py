@@ -63,6 +63,11 @@ class TaskSettings(BaseModel):
         description="This task's upper bound for a request's output length (tokens / steps); unset: the task's "
         "own limit, else the server-wide max_output_length",
     )
+    default_beam_size: int | None = Field(
+        None, ge=1, le=64,
+        description="Beam width for a request that names none (capped by max_beam_size); unset: the task's own "
+        "default",
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="Wait from the first arrival for a fuller batch")
     max_active: int = Field(64, ge=1, le=4096, description="Sequences decoding at once")
     max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting for a decode slot; then 503")
@@ -244,6 +249,11 @@ class Settings(BaseSettings):
         own limit (`Task.max_output_length`), else the server-wide `max_output_length`."""
         configured = self.task(name).max_output_length
         return configured or task_default or self.max_output_length
+
+    def default_beam_size(self, name: str, task_default: int = 1) -> int:
+        """The beam width of a request to task `name` that names none: its setting, else the
+        task's own (`Task.default_beam_size`), at most `max_beam_size`."""
+        return min(self.task(name).default_beam_size or task_default, self.max_beam_size)
 
 
 class _ResolvedSettings(Settings):

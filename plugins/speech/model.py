@@ -1,7 +1,8 @@
 """Listen, Attend and Spell (Chan et al. 2016) over characters.
 
 Listener: two stride-2 convolutions (4x shorter), a BiLSTM, a pyramidal step that joins
-neighbouring frames (8x in all) and a second BiLSTM. Speller: the shared attention LSTM
+neighbouring frames (8x in all) and a second BiLSTM; optionally residual BiLSTM blocks after
+either BiLSTM, which start as the identity so a trained listener can grow deeper. Speller: the shared attention LSTM
 decoder with location-aware attention (Chorowski et al. 2015). An optional CTC head on the
 4x layer (Kim et al. 2017) helps the listener learn alignments early; at 8x (80 ms a frame)
 fast speech has more characters than frames, so CTC sits below the pyramid.
@@ -39,6 +40,10 @@ class ListenerConfig:
     hidden_dim: int = 128  # per direction; memory_dim = 2 * hidden_dim
     dropout: float = 0.2
     ctc: bool = True  # a CTC head on the 4x layer
+    # Residual BiLSTM blocks after the 4x and the 8x BiLSTM, each `block_hidden` per direction.
+    blocks_4x: int = 0
+    blocks_8x: int = 0
+    block_hidden: int = 128
 
     @property
     def memory_dim(self) -> int:
@@ -108,6 +113,33 @@ def lengths_to_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, width]
 
 
+def bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A batch-first BiLSTM over [B, T, D]; packed, so padding never reaches the backward
+    direction (batched == one by one), and zero past each length."""
+    packed = pack_padded_sequence(x, lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+class ResidualBiLSTM(nn.Module):
+    """x + W BiLSTM(x) on real frames. W starts at zero, so a block added to a trained
+    listener leaves its output unchanged and training picks up where it stopped, with more
+    capacity (the gradient reaches W at once, and the BiLSTM as soon as W is not zero)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        update = self.dropout(self.out(bilstm(self.lstm, x, lengths)))
+        # Padding stays zero (the pyramid pairs an odd last frame with it, as a lone utterance would).
+        return x + update * lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1)
+
+
 class Listener(nn.Module):
     """features [B, T, F], lengths [B] -> values [B, T/8, 2H], lengths [B], and the 4x layer
     [B, T/4, 2H] with its lengths (for CTC)."""
@@ -121,14 +153,9 @@ class Listener(nn.Module):
         self.project = nn.Linear(c.conv_channels * freq, c.conv_dim)
         self.lstm1 = nn.LSTM(c.conv_dim, c.hidden_dim, batch_first=True, bidirectional=True)
         self.lstm2 = nn.LSTM(4 * c.hidden_dim, c.hidden_dim, batch_first=True, bidirectional=True)
+        self.blocks4 = nn.ModuleList(ResidualBiLSTM(c.memory_dim, c.block_hidden, c.dropout) for _ in range(c.blocks_4x))
+        self.blocks8 = nn.ModuleList(ResidualBiLSTM(c.memory_dim, c.block_hidden, c.dropout) for _ in range(c.blocks_8x))
         self.dropout = nn.Dropout(c.dropout)
-
-    @staticmethod
-    def _bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # Packed, so padding never reaches the backward direction: batched == one by one.
-        packed = pack_padded_sequence(x, lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False)
-        out, _ = lstm(packed)
-        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor):
         assert features.dim() == 3, f"expected features [B, T, F], got {tuple(features.shape)}"
@@ -141,7 +168,9 @@ class Listener(nn.Module):
         x = F.relu(self.conv2(x))  # [B, C, T/4, F/4]
         x = x.permute(0, 2, 1, 3).flatten(2)  # [B, T/4, C*F/4]
         x = self.dropout(self.project(x))
-        x4 = self._bilstm(self.lstm1, x, len2)  # [B, T4, 2H]
+        x4 = bilstm(self.lstm1, x, len2)  # [B, T4, 2H]
+        for block in self.blocks4:
+            x4 = block(x4, len2)
         # Pyramid: join frame pairs (an odd last frame is padded with zeros).
         if x4.shape[1] % 2:
             x4p = torch.cat([x4, x4.new_zeros(x4.shape[0], 1, x4.shape[2])], dim=1)
@@ -150,7 +179,9 @@ class Listener(nn.Module):
         b, t, d = x4p.shape
         pairs = self.dropout(x4p.reshape(b, t // 2, 2 * d))  # [B, T8, 4H]
         len3 = (len2 + 1) // 2  # = memory_lengths(lengths)
-        x8 = self._bilstm(self.lstm2, pairs, len3)  # [B, T8, 2H]
+        x8 = bilstm(self.lstm2, pairs, len3)  # [B, T8, 2H]
+        for block in self.blocks8:
+            x8 = block(x8, len3)
         return x8, len3, x4, len2
 
 

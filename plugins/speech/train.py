@@ -62,12 +62,17 @@ DEFAULTS: dict[str, Any] = {
     # training, each shard joining the training pool as it lands (clip_stream.py)
     "extra_clip_processes": 0,
     "data_workers": 4,  # espeak-ng subprocesses at once while generating
-    "init_from": "",  # an artifact directory to start from (same model settings), e.g. to continue a run
+    # an artifact directory to start from, e.g. to continue a run: the same model settings, or
+    # more listener blocks than it has (new blocks start as the identity: the model grows deeper)
+    "init_from": "",
     # features and model
     "n_mels": 40,
     "conv_channels": 8,
     "conv_dim": 96,
     "listener_hidden": 64,
+    "listener_blocks_4x": 0,  # residual BiLSTM blocks after the listener's 4x BiLSTM (model.py)
+    "listener_blocks_8x": 0,  # ... and after its 8x BiLSTM
+    "listener_block_hidden": 128,  # their width per direction
     "embed_dim": 32,
     "speller_hidden": 128,
     "attn_dim": 64,
@@ -107,13 +112,28 @@ def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
 
 def build_model(s: dict[str, Any]) -> ListenAttendSpell:
     vocab = char_vocabulary()
-    listener = ListenerConfig(s["conv_channels"], s["conv_dim"], s["listener_hidden"], s["dropout"], s["ctc"])
+    listener = ListenerConfig(
+        s["conv_channels"], s["conv_dim"], s["listener_hidden"], s["dropout"], s["ctc"],
+        s["listener_blocks_4x"], s["listener_blocks_8x"], s["listener_block_hidden"],
+    )  # fmt: skip
     decoder = DecoderConfig(
         vocab_size=len(vocab), memory_dim=listener.memory_dim, embed_dim=s["embed_dim"],
         hidden_dim=s["speller_hidden"], attn_dim=s["attn_dim"], cell="lstm", num_layers=1,
         dropout=s["dropout"], attention="location",
     )  # fmt: skip
     return ListenAttendSpell(SpeechConfig(FeatureConfig(n_mels=s["n_mels"]), listener, decoder), vocab)
+
+
+def grow_from(model: ListenAttendSpell, trained: ListenAttendSpell) -> None:
+    """Copy `trained`'s weights into `model`, which has the same settings or more listener
+    blocks; the blocks `trained` lacks keep their identity start, so `model` computes what
+    `trained` did."""
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    new_blocks = [k for k in missing if k.startswith(("listener.blocks4.", "listener.blocks8."))]
+    assert not unexpected and len(new_blocks) == len(missing), (
+        f"init_from differs from these settings beyond added listener blocks: "
+        f"missing {sorted(set(missing) - set(new_blocks))}, unexpected {sorted(unexpected)}"
+    )
 
 
 def spec_augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> torch.Tensor:
@@ -209,7 +229,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     streaming = bool(s["extra_train_clips"] and s["extra_clip_processes"])  # see ExtraClipStream below
     model = build_model(s)
     if s["init_from"]:
-        model.load_state_dict(load_speech_model(s["init_from"]).state_dict())
+        grow_from(model, load_speech_model(s["init_from"]))
     model = model.to(device)
     featurizer = LogMel(model.config.features).to(device)
     train_x: list[torch.Tensor] = []

@@ -74,10 +74,17 @@ def parse_params(
     return params
 
 
-def to_decode_params(params: GenerationParams, default_max_length: int, settings: Settings) -> DecodeParams:
+def beam_size_for(params: GenerationParams, task: Task, settings: Settings) -> int:
+    """The request's beam width, else (unset, neither sampling nor streaming) the task's default."""
+    if "beam_size" in params.model_fields_set or params.temperature > 0 or params.stream:
+        return params.beam_size
+    return settings.default_beam_size(task.name, task.default_beam_size)
+
+
+def to_decode_params(params: GenerationParams, task: Task, settings: Settings) -> DecodeParams:
     return DecodeParams(
-        max_length=params.max_length or min(default_max_length, settings.max_output_length),
-        beam_size=params.beam_size,
+        max_length=params.max_length or min(task.default_max_length, settings.max_output_length),
+        beam_size=beam_size_for(params, task, settings),
         temperature=params.temperature,
         top_k=params.top_k,
         top_p=params.top_p,

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchaudio
 
-from mmserve.plugins.nn.search import greedy_decode
+from mmserve.plugins.nn.search import DecodeParams, decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.latency import pcm16_wav
 from mmserve.plugins.speech.task import SpeechTask
@@ -47,13 +47,15 @@ def _bundled():
     return task, task.load_model(task.bundled_artifacts(), torch.device("cpu"))
 
 
-def offline(audio: bytes, mime: str) -> str:
-    """The bundled model's greedy transcript of these bytes, in this process: what the
-    server must answer. (Its accuracy is measured by `mmserve eval speech`, not here.)"""
+def offline(audio: bytes, mime: str, beam_size: int = SpeechTask.default_beam_size) -> str:
+    """The bundled model's transcript of these bytes, in this process, by the server's default
+    beam (or `beam_size`): what the server must answer. (Its accuracy is measured by `mmserve
+    eval speech`, not here.)"""
     task, model = _bundled()
     with torch.no_grad():
         features = task.preprocess(audio, mime, model, InputLimits())
-        result = greedy_decode(model, model.encode(model.collate([features])), task.default_max_length)[0]
+        memory = model.encode(model.collate([features]))
+        result = decode(model, memory, DecodeParams(max_length=task.default_max_length, beam_size=beam_size))[0]
     return task.postprocess(result, model, False)["text"]
 
 
@@ -78,6 +80,9 @@ def test_task_api_transcribes_held_out_voices(base):
         assert "".join(body["tokens"]).split() == body["text"].split()
         assert [w["word"] for w in body["words"]] == body["text"].split()
         assert all(0 <= w["start"] < w["end"] <= body["duration"] + 0.2 for w in body["words"])
+    audio, _ = CLIPS[0]
+    greedy = httpx.post(f"{base}/v1/speech?beam_size=1", files={"file": ("clip.wav", audio, "audio/wav")}, timeout=60)
+    assert greedy.json()["text"] == offline(audio, "audio/wav", beam_size=1)
 
 
 @pytest.mark.parametrize(("fmt", "codec", "mime"), [("flac", "flac", "audio/flac"), ("ogg", "libopus", "audio/ogg"),
@@ -120,8 +125,10 @@ def test_openai_sdk_streaming(client):
     events = list(client.audio.transcriptions.create(model="speech", file=("clip.wav", audio), stream=True))
     deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
     done = [e for e in events if e.type == "transcript.text.done"]
-    assert len(done) == 1 and done[0].text == final.text
-    assert " ".join("".join(deltas).split()) == final.text
+    # A stream decodes greedily (a beam knows its output only at the end); the rest by beam.
+    assert final.text == offline(audio, "audio/wav")
+    assert len(done) == 1 and done[0].text == offline(audio, "audio/wav", beam_size=1)
+    assert " ".join("".join(deltas).split()) == done[0].text
 
 
 def test_openai_errors_have_openai_shape(client):

@@ -11,6 +11,7 @@ import torch
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory
 from mmserve.plugins.nn.decoding import DecodeParams, DecodingBatch, Sequence
 from mmserve.plugins.nn.heads import BernoulliHead, CategoricalHead, GaussianHead, OutputHead, Sampling
+from mmserve.plugins.speech.task import SpeechTask
 from mmserve.server.engine import EngineConfig, TaskEngine
 from mmserve.server.http.params import GenerationParams, to_decode_params
 from mmserve.server.settings import Settings
@@ -131,7 +132,7 @@ def test_seeded_requests_in_the_engine_match_across_batches():
 def test_seed_is_a_generic_request_parameter():
     settings = Settings()
     params = GenerationParams.model_validate({"temperature": 1.0, "seed": 42})
-    assert to_decode_params(params, 16, settings).seed == 42
-    assert to_decode_params(GenerationParams(), 16, settings).seed is None
+    assert to_decode_params(params, SpeechTask(), settings).seed == 42
+    assert to_decode_params(GenerationParams(), SpeechTask(), settings).seed is None
     with pytest.raises(ValueError):
         GenerationParams.model_validate({"seed": -1})

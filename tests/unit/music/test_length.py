@@ -23,7 +23,7 @@ TASK = MusicTask()
 def _max_length(raw: dict, settings: Settings | None = None) -> int:
     settings = settings or Settings()
     params = parse_params(raw, settings, TASK.request_options, TASK)
-    return to_decode_params(params, TASK.default_max_length, settings).max_length
+    return to_decode_params(params, TASK, settings).max_length
 
 
 def test_length_in_steps_and_beats_becomes_a_token_budget_past_the_server_wide_cap():
@@ -61,7 +61,7 @@ def test_a_task_without_its_own_length_keeps_its_default_under_its_limit():
     task = Speechish()
     for settings, expected in ((Settings(), 128), (Settings(tasks={"speechish": TaskSettings(max_output_length=1000)}), 400)):
         params = parse_params({}, settings, task.request_options, task)
-        assert to_decode_params(params, task.default_max_length, settings).max_length == expected
+        assert to_decode_params(params, task, settings).max_length == expected
 
 
 def test_a_melody_longer_than_the_limit_is_refused_in_steps(serial_model):

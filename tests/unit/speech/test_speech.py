@@ -21,7 +21,14 @@ from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attentio
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
 from mmserve.plugins.speech.task import SpeechTask, word_times
 from mmserve.plugins.speech.text import char_vocabulary, decode_chars, encode_chars, normalize_text
-from mmserve.plugins.speech.train import build_model, length_batches, pad_targets, resolve_settings, spec_augment
+from mmserve.plugins.speech.train import (
+    build_model,
+    grow_from,
+    length_batches,
+    pad_targets,
+    resolve_settings,
+    spec_augment,
+)
 from mmserve.plugins.task import InputLimits
 from tests.unit.media_fixtures import encode_audio, stereo_sine
 
@@ -67,6 +74,52 @@ def test_listener_shortens_time_eightfold_and_batches_like_one_by_one():
             alone = model.encode(model.collate([f]))
             n = int(alone.mask.sum())
             torch.testing.assert_close(memory.values[i, :n], alone.values[0, :n], atol=1e-5, rtol=1e-4)
+
+
+def test_listener_blocks_batch_like_one_by_one():
+    torch.manual_seed(0)
+    model = build_model(resolve_settings({**TINY, "listener_blocks_4x": 1, "listener_blocks_8x": 1,
+                                          "listener_block_hidden": 6})).eval()  # fmt: skip
+    for block in [*model.listener.blocks4, *model.listener.blocks8]:
+        torch.nn.init.normal_(block.out.weight)  # a trained block: no longer the identity
+        torch.nn.init.normal_(block.out.bias)
+    feats = random_features([83, 40, 17, 1])
+    with torch.no_grad():
+        x8, len8, x4, len4 = model.listen(model.collate(feats))
+        for i, f in enumerate(feats):
+            alone8, n8, alone4, n4 = model.listen(model.collate([f]))
+            assert (len8[i], len4[i]) == (n8[0], n4[0])
+            torch.testing.assert_close(x8[i, : n8[0]], alone8[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(x4[i, : n4[0]], alone4[0], atol=1e-5, rtol=1e-4)
+
+
+def test_a_model_grown_by_listener_blocks_starts_as_the_trained_one_and_trains_them():
+    trained = tiny_model()
+    grown = build_model(resolve_settings({**TINY, "listener_blocks_4x": 1, "listener_blocks_8x": 2}))
+    grow_from(grown, trained)
+    grown.eval()
+    feats = random_features([80, 64], seed=2)
+    vocab = trained.vocab
+    targets = pad_targets([encode_chars(vocab, "hi there"), encode_chars(vocab, "yo")], vocab.pad_id)
+    batch = trained.collate(feats)
+    with torch.no_grad():
+        before, _ = speech_loss(trained, batch, targets, 0.1, 0.3)
+        after, _ = speech_loss(grown, batch, targets, 0.1, 0.3)
+    torch.testing.assert_close(after, before)
+    optimizer = torch.optim.Adam(grown.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        speech_loss(grown.train(), batch, targets, 0.1, 0.3)[0].backward()
+        optimizer.step()
+    blocks = [*grown.listener.blocks4, *grown.listener.blocks8]
+    assert all(block.out.weight.abs().sum() > 0 for block in blocks), "every new block should have started to learn"
+    assert all(block.lstm.weight_ih_l0.grad.abs().sum() > 0 for block in blocks)
+
+
+def test_growing_refuses_a_model_that_differs_beyond_listener_blocks():
+    without_ctc = build_model(resolve_settings({**TINY, "ctc": False}))
+    with pytest.raises(AssertionError, match="unexpected"):
+        grow_from(without_ctc, tiny_model())
 
 
 def tiny_lm(order: int = 4) -> NGramLM:
