@@ -76,5 +76,7 @@ def main(description: str, task: str, uploads: Callable[[int], list[Upload]]) ->
     parser.add_argument("--task", default=task, help="the task's name on the server")
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--params", default="", help="decoding parameters as a query string, e.g. beam_size=1")
     args = parser.parse_args()
-    print(json.dumps(measure(f"{args.url}/v1/{args.task}", uploads(args.clips), args.concurrency), indent=1))
+    url = f"{args.url}/v1/{args.task}" + (f"?{args.params}" if args.params else "")
+    print(json.dumps(measure(url, uploads(args.clips), args.concurrency), indent=1))

@@ -91,6 +91,8 @@ class Task(ABC):
     # Beam width for a request that names none and neither samples nor streams (those decode
     # greedily); `tasks.<name>.default_beam_size` overrides it. Needs a head that supports beams.
     default_beam_size: int = 1
+    # GNMT length penalty (alpha) of beam search for a request that names none.
+    default_length_penalty: float = 0.0
     # The task's own upper bound for a request's output length (tokens / steps), when it needs
     # more than the server-wide `max_output_length`; `tasks.<name>.max_output_length` overrides it.
     max_output_length: int | None = None

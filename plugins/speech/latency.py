@@ -1,6 +1,7 @@
 """Latency and real-time factor of a running server on test-split clips.
 
     python -m mmserve.plugins.speech.latency --url http://127.0.0.1:8000 --clips 48 --concurrency 1 8
+    python -m mmserve.plugins.speech.latency ... --params beam_size=1  # greedy instead of the default beam
 
 For each concurrency: p50 / p99 request latency, throughput, and the real-time factor (wall
 time to answer every clip / total audio seconds; below 1 is faster than real time).

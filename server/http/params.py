@@ -88,7 +88,7 @@ def to_decode_params(params: GenerationParams, task: Task, settings: Settings) -
         temperature=params.temperature,
         top_k=params.top_k,
         top_p=params.top_p,
-        length_penalty=params.length_penalty,
+        length_penalty=params.length_penalty if "length_penalty" in params.model_fields_set else task.default_length_penalty,
         keep_attention=params.attention,
         seed=params.seed,
     )

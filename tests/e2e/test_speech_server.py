@@ -55,7 +55,8 @@ def offline(audio: bytes, mime: str, beam_size: int = SpeechTask.default_beam_si
     with torch.no_grad():
         features = task.preprocess(audio, mime, model, InputLimits())
         memory = model.encode(model.collate([features]))
-        result = decode(model, memory, DecodeParams(max_length=task.default_max_length, beam_size=beam_size))[0]
+        params = DecodeParams(task.default_max_length, beam_size, length_penalty=task.default_length_penalty)
+        result = decode(model, memory, params)[0]
     return task.postprocess(result, model, False)["text"]
 
 

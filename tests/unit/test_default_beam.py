@@ -13,9 +13,13 @@ class BeamTask(SpeechTask):
     name, default_beam_size = "beamy", 4
 
 
-def beam_of(raw: dict, settings: Settings | None = None, task=None) -> int:
+def decode_params_of(raw: dict, settings: Settings | None = None, task=None):
     settings, task = settings or Settings(), task or BeamTask()
-    return to_decode_params(parse_params(raw, settings, task.request_options, task), task, settings).beam_size
+    return to_decode_params(parse_params(raw, settings, task.request_options, task), task, settings)
+
+
+def beam_of(raw: dict, settings: Settings | None = None, task=None) -> int:
+    return decode_params_of(raw, settings, task).beam_size
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -36,11 +40,17 @@ def test_settings_override_the_task_default_within_the_server_cap():
         TaskSettings(default_beam_size=0)
 
 
+def test_the_task_length_penalty_applies_unless_the_request_names_one():
+    assert decode_params_of({}).length_penalty == BeamTask.default_length_penalty == 0.6
+    assert decode_params_of({"length_penalty": 0.0}).length_penalty == 0.0
+    assert decode_params_of({"length_penalty": 1.5}).length_penalty == 1.5
+
+
 def test_tasks_default_to_greedy_and_speech_to_the_beam_its_eval_uses():
-    from mmserve.plugins.speech.evaluate import BEAM_SIZE
+    from mmserve.plugins.speech.evaluate import BEAM_SIZE, LENGTH_PENALTY
 
     class Plain(SpeechTask):
         name, default_beam_size = "plain", 1
 
     assert beam_of({}, task=Plain()) == 1
-    assert SpeechTask.default_beam_size == BEAM_SIZE
+    assert (SpeechTask.default_beam_size, SpeechTask.default_length_penalty) == (BEAM_SIZE, LENGTH_PENALTY)
