@@ -4,7 +4,8 @@ espeak-ng and the augmentation cost ~50 ms of CPU a clip, so 100,000 fresh clips
 hour and a half on one core. On a machine with many cores and a GPU, training need not wait:
 `ExtraClipStream` hands the shards of data.build_extra_train to a process pool and the
 trainer adds each shard to its pool of clips as it lands (`take_ready`). The shards are the
-same files build_extra_train writes, so a later run finds them all in the cache.
+same files build_extra_train writes, so a later run finds them all in the cache. Given the
+model's feature settings, a writer computes the shard's features too (feature_cache.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,23 @@ from pathlib import Path
 
 from mmserve.plugins.speech.data import (
     EXTRA_SHARD_CLIPS,
+    SpeechClips,
     build_extra_shard,
     extra_sentences,
     extra_shard_folder,
     extra_shards,
     split_dir,
 )
+from mmserve.plugins.speech.feature_cache import write_split_features
+from mmserve.plugins.speech.features import FeatureConfig, LogMel
+
+
+def write_shard(parent: Path, texts: list[str], start: int, features: FeatureConfig | None) -> Path:
+    """One worker's job: a shard of extra clips and, given feature settings, its features."""
+    folder = build_extra_shard(parent, texts, start)
+    if features is not None:
+        write_split_features(SpeechClips(folder), LogMel(features))
+    return folder
 
 
 class ExtraClipStream:
@@ -30,7 +42,7 @@ class ExtraClipStream:
     by the next run (build_split renames its files into place only when done)."""
 
     def __init__(self, cache_dir: Path, sizes: dict[str, int], count: int, processes: int,
-                 shard_clips: int = EXTRA_SHARD_CLIPS):  # fmt: skip
+                 shard_clips: int = EXTRA_SHARD_CLIPS, features: FeatureConfig | None = None):  # fmt: skip
         assert processes >= 1, f"processes must be >= 1, got {processes}"
         parent = split_dir(cache_dir, "train", sizes).parent
         self._ready: list[Path] = []
@@ -47,7 +59,7 @@ class ExtraClipStream:
             sentences = extra_sentences(sizes, count)
             # spawn, not fork: the trainer has torch's thread pools (and maybe CUDA) running.
             self._pool = multiprocessing.get_context("spawn").Pool(processes)
-            self._pending = [self._pool.apply_async(build_extra_shard, (parent, sentences[a:b], a)) for a, b in missing]
+            self._pending = [self._pool.apply_async(write_shard, (parent, sentences[a:b], a, features)) for a, b in missing]
         self.total_shards = len(self._ready) + len(self._pending)
 
     @property

@@ -37,6 +37,7 @@ from mmserve.plugins.speech.data import (
     split_dir,
 )
 from mmserve.plugins.speech.evaluate import clip_features, ctc_transcribe, error_rates, transcribe
+from mmserve.plugins.speech.feature_cache import split_features
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
 from mmserve.plugins.speech.model import (
     ListenAttendSpell,
@@ -238,7 +239,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
 
     def add_clips(folder) -> None:
         clips = SpeechClips(folder)
-        train_x.extend(clip_features(clips, featurizer, s["progress"], f"features {clips.directory.name}", device))
+        train_x.extend(split_features(clips, featurizer, s["progress"], f"features {clips.directory.name}"))
         train_y.extend(encode_chars(model.vocab, clips.text(i)) for i in range(len(clips)))
         # Silence and faint noise transcribe to nothing: a few such clips teach the empty answer.
         spoken_and_silent[0] += len(clips)
@@ -307,7 +308,8 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
         model.train()
 
     # Created at the with, so the shard writers stop however training ends.
-    stream = ExtraClipStream(cache, sizes, s["extra_train_clips"], s["extra_clip_processes"]) if streaming else None
+    stream = (ExtraClipStream(cache, sizes, s["extra_train_clips"], s["extra_clip_processes"], features=model.config.features)
+              if streaming else None)  # fmt: skip
     with stream or contextlib.nullcontext():
         speller_epochs = 0  # epochs that began with the speller in training
         for epoch in range(1, options.epochs + 1):

@@ -9,6 +9,7 @@ import pytest
 
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.checkpoint import load_speech_model
+from mmserve.plugins.speech.feature_cache import features_path
 from mmserve.plugins.speech.train import train_speech
 from mmserve.plugins.task import TrainOptions
 from mmserve.plugins.tracking import MemoryRunLogger
@@ -46,6 +47,22 @@ def test_training_with_extra_clips_written_first_or_by_the_stream(tmp_path):
     assert (data.split_dir(tmp_path / "data", "train", sizes).parent / "train-extra").is_dir()
     _, logger = train(tmp_path, "streamed", extra_train_clips=6, extra_clip_processes=1)
     assert set(pool_sizes(logger)) == {21}
+    # Every training folder keeps its features for the next run; val is computed afresh.
+    featurizer_config = load_speech_model(result.artifact_dir).config.features
+    parent = data.split_dir(tmp_path / "data", "train", sizes).parent
+    kept = sorted(p.parent.name for p in parent.rglob(features_path(".", featurizer_config).name))
+    assert kept == ["0000000-0000006", "train"]
+
+
+def test_a_trained_model_grows_listener_blocks_and_trains_on(tmp_path):
+    small, _ = train(tmp_path, "small")
+    grown, logger = train(tmp_path, "grown", init_from=str(small.artifact_dir), listener_blocks_4x=1,
+                          listener_blocks_8x=1, listener_block_hidden=4)  # fmt: skip
+    model = load_speech_model(grown.artifact_dir)
+    assert (model.config.listener.blocks_4x, model.config.listener.blocks_8x) == (1, 1)
+    assert model.listener.blocks8[0].out.weight.abs().sum() > 0  # it trained
+    with pytest.raises(AssertionError, match="beyond added listener blocks"):
+        train(tmp_path, "other", init_from=str(small.artifact_dir), ctc=False)
 
 
 def test_training_starts_before_the_stream_has_written_anything(tmp_path):

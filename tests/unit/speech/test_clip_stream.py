@@ -5,10 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 
+import numpy as np
 import pytest
 
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.clip_stream import ExtraClipStream
+from mmserve.plugins.speech.feature_cache import features_path
+from mmserve.plugins.speech.features import FeatureConfig, frames_for
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -29,6 +32,18 @@ def test_cached_shards_are_ready_at_once_and_the_rest_come_from_the_workers(tmp_
     assert data.build_extra_train(tmp_path, SIZES, 7, progress=False, shard_clips=3) == folders
     spoken = [c.text(i) for c in map(data.SpeechClips, folders) for i in range(len(c))]
     assert spoken == data.extra_sentences(SIZES, 7)
+
+
+def test_given_feature_settings_the_workers_write_each_shards_features(tmp_path):
+    config = FeatureConfig(n_mels=16)
+    with ExtraClipStream(tmp_path, SIZES, 4, processes=2, shard_clips=2, features=config) as stream:
+        folders = stream.take_ready(wait=True)
+    assert len(folders) == 2
+    for folder in folders:
+        stored = np.load(features_path(folder, config))
+        clips = data.SpeechClips(folder)
+        frames = sum(frames_for(c["end"] - c["start"], config) for c in clips.clips)
+        assert stored.shape == (frames, 16) and np.isfinite(stored).all()
 
 
 def test_a_failing_worker_raises_in_the_trainer(tmp_path):
