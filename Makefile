@@ -147,14 +147,21 @@ train-speech: install
 		--set data_workers=$$(nproc) --set ctc_pretrain_steps=0 --set warmup_steps=150 --set time_budget_minutes=8 \
 		--set eval_every=300 --set curriculum_epochs=0 --set num_threads=2
 	# 100 minutes on one core, one process writing fresh clips beside it (120,000 in all)
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 5e-4 \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s7 $(SPEECH_RECIPE) --epochs 300 --lr 5e-4 \
 		--set init_from=/tmp/mmserve-speech-gpu --set extra_train_clips=120000 --set extra_clip_processes=1 \
 		--set ctc_pretrain_steps=0 --set warmup_steps=50 --set time_budget_minutes=100 --set eval_every=400 \
+		--set curriculum_epochs=0
+	# 110 minutes on one core, the listener grown by two residual BiLSTM blocks (4x and 8x, 128 per
+	# direction) that start as the identity, on the same 120,000 clips
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 6e-4 \
+		--set init_from=/tmp/mmserve-speech-s7 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
+		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=1 \
+		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=110 --set eval_every=400 \
 		--set curriculum_epochs=0
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips (plugins/speech/README.md)
 	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
-	$(BIN)/python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights --ctc-weights 0.3 0.4 --lm-weights 0 0.1 --write
+	$(BIN)/python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights --ctc-weights 0.3 0.4 --lm-weights 0 0.1 0.2 --write
 
 eval-speech: install
 	$(BIN)/python -m pip install --quiet -e '.[eval]'
