@@ -17,12 +17,17 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    beam_size: int = Field(1, ge=1, description="Beam width; 1 = greedy or sampling")
+    beam_size: int = Field(
+        1, ge=1, description="Beam width; 1 = greedy or sampling. Unset: the task's default (greedy for most tasks), or 1 when "
+        "sampling or streaming"
+    )
     max_length: int | None = Field(None, ge=1, description="Most tokens to emit (task default if unset)")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy; > 0 samples")
     top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0 = all")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass")
-    length_penalty: float = Field(0.0, ge=0.0, le=5.0, description="GNMT length penalty alpha (beam search)")
+    length_penalty: float = Field(
+        0.0, ge=0.0, le=5.0, description="GNMT length penalty alpha (beam search). Unset: the task's default"
+    )
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="Sampling seed: the same seed and input give the same output, "
         "whatever other requests share the batch"
