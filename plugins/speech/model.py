@@ -2,8 +2,8 @@
 
 Listener: two stride-2 convolutions (4x shorter), a BiLSTM, a pyramidal step that joins
 neighbouring frames (8x in all) and a second BiLSTM; optionally residual BiLSTM blocks after
-either BiLSTM, which start as the identity so a trained listener can grow deeper. Speller: the shared attention LSTM
-decoder with location-aware attention (Chorowski et al. 2015). An optional CTC head on the
+either BiLSTM, which start as the identity so a trained listener can grow deeper. Speller:
+the shared attention LSTM decoder with location-aware attention (Chorowski et al. 2015). An optional CTC head on the
 4x layer (Kim et al. 2017) helps the listener learn alignments early; at 8x (80 ms a frame)
 fast speech has more characters than frames, so CTC sits below the pyramid.
 
