@@ -1,8 +1,8 @@
 """Training recipe for the bundled speech model (Listen, Attend and Spell on espeak-ng speech).
 
 First CTC on the listener's 4x layer alone (cheap steps: no speller), then label-smoothed
-cross-entropy plus CTC plus guided attention; optional SpecAugment (frequency and time masks)
-and dropout; Adam with warm-up and cosine decay; gradient clipping. Batches hold utterances of
+cross-entropy plus CTC plus guided attention; optional SpecAugment (frequency and time masks),
+vocal tract length perturbation and dropout; Adam with warm-up and cosine decay; gradient clipping. Batches hold utterances of
 similar length (less padding); the speller's first epoch goes from short to long. Every
 `eval_every` steps and at each epoch's end the validation loss, CER and WER (greedy) are
 logged, and the weights with the best validation CER so far are written to the output
@@ -38,7 +38,7 @@ from mmserve.plugins.speech.data import (
 )
 from mmserve.plugins.speech.evaluate import clip_features, ctc_transcribe, error_rates, transcribe
 from mmserve.plugins.speech.feature_cache import split_features
-from mmserve.plugins.speech.features import FeatureConfig, LogMel
+from mmserve.plugins.speech.features import FeatureConfig, LogMel, normalize_utterance
 from mmserve.plugins.speech.model import (
     ListenAttendSpell,
     ListenerConfig,
@@ -92,6 +92,9 @@ DEFAULTS: dict[str, Any] = {
     "freq_mask_width": 12,
     "time_masks": 2,
     "time_mask_ratio": 0.05,  # each time mask is at most this fraction of the utterance
+    # vocal tract length perturbation: the mel axis warped by a factor drawn from 1 +- this
+    # (0.1 = 0.9-1.1), so formants move as between speakers; 0 = off
+    "freq_warp": 0.0,
     "weight_decay": 1e-6,
     "grad_clip": 5.0,
     "warmup_steps": 100,
@@ -154,6 +157,34 @@ def spec_augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) 
     return out
 
 
+def warp_frequencies(features: torch.Tensor, factor: float, fixed_top: float = 0.8) -> torch.Tensor:
+    """Vocal tract length perturbation (Jaitly & Hinton 2013) on log-mel features: band b takes
+    the value at band b * factor up to a cut-off, then a straight line that keeps the top band
+    in place (so nothing falls off the axis), linearly interpolated between bands, and the
+    result normalised again per utterance like the served features. features [T, F] -> [T, F]."""
+    bands = features.shape[1]
+    top = bands - 1
+    cut = fixed_top * top / max(factor, 1.0)
+    position = torch.arange(bands, dtype=torch.float32)
+    source = torch.where(
+        position <= cut, position * factor, cut * factor + (position - cut) * (top - cut * factor) / (top - cut)
+    )
+    source = source.clamp(0, top)
+    low = source.floor().long()
+    high = (low + 1).clamp_max(top)
+    frac = (source - low).to(features.dtype)
+    warped = features[:, low] * (1 - frac) + features[:, high] * frac
+    return normalize_utterance(warped)
+
+
+def augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> torch.Tensor:
+    """One training clip's features as the step sees them: warped (`freq_warp`), then masked
+    (SpecAugment)."""
+    if s["freq_warp"] > 0:
+        features = warp_frequencies(features.float(), rng.uniform(1 - s["freq_warp"], 1 + s["freq_warp"]))
+    return spec_augment(features, rng, s)
+
+
 def silence_clip(rng: random.Random, sample_rate: int = 16000) -> torch.Tensor:
     """0.3-4 s of digital silence or faint noise (-90 to -45 dBFS)."""
     samples = int(rng.uniform(0.3, 4.0) * sample_rate)
@@ -168,7 +199,9 @@ def pad_targets(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     return torch.tensor([t + [pad_id] * (width - len(t)) for t in sequences], dtype=torch.long)
 
 
-def length_batches(lengths: list[int], batch_size: int, rng: random.Random, shortest_first: bool = False) -> list[list[int]]:
+def length_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, shortest_first: bool = False
+) -> list[list[int]]:
     """Batches of utterances of similar length (sorted with a little noise), in random order,
     or from the shortest to the longest (a curriculum: short clips align more easily)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.uniform(-15, 15))
@@ -199,14 +232,18 @@ def validate_ctc(model: ListenAttendSpell, features: list[torch.Tensor], texts: 
 
 
 @torch.no_grad()
-def validate(model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str], s: dict[str, Any]) -> dict[str, float]:
+def validate(
+    model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str], s: dict[str, Any]
+) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(features), 32):
         batch = model.collate(features[start : start + 32])
         batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
-        targets = pad_targets([encode_chars(model.vocab, t) for t in texts[start : start + 32]], model.pad_id).to(device)
+        targets = pad_targets([encode_chars(model.vocab, t) for t in texts[start : start + 32]], model.pad_id).to(
+            device
+        )
         _, parts = speech_loss(model, batch, targets, 0.0, 0.0)
         total, count = total + parts["ce"] * len(targets), count + len(targets)
     hypotheses = transcribe(model, features, beam_size=1, max_length=s["max_length"])
@@ -289,7 +326,12 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
         # Validate; the best weights so far go to the output directory at once, so a run that
         # is stopped early still leaves usable weights.
         nonlocal best_cer
-        row: dict[str, float] = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1), "train_pool": len(train_x)}
+        row: dict[str, float] = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": running / max(seen, 1),
+            "train_pool": len(train_x),
+        }
         if pretraining() and not (final and not history):  # the speller is untrained: only the listener's CTC
             row.update(validate_ctc(model, val_x, val_texts))
         else:
@@ -323,7 +365,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             batches = length_batches(lengths, options.batch_size, rng, shortest_first=curriculum)
             bar = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
             for index in bar:
-                batch = model.collate([spec_augment(train_x[i], rng, s) for i in index])
+                batch = model.collate([augment(train_x[i], rng, s) for i in index])
                 batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
                 targets = pad_targets([train_y[i] for i in index], model.pad_id).to(device)
                 if pretraining():

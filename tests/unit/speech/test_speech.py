@@ -16,18 +16,20 @@ from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech import lm as speech_lm
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
-from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for
+from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for, normalize_utterance
 from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
 from mmserve.plugins.speech.task import SpeechTask, word_times
 from mmserve.plugins.speech.text import char_vocabulary, decode_chars, encode_chars, normalize_text
 from mmserve.plugins.speech.train import (
+    augment,
     build_model,
     grow_from,
     length_batches,
     pad_targets,
     resolve_settings,
     spec_augment,
+    warp_frequencies,
 )
 from mmserve.plugins.task import InputLimits
 from tests.unit.media_fixtures import encode_audio, stereo_sine
@@ -196,7 +198,12 @@ def test_joint_ctc_decoding_changes_the_scores_and_round_trips_in_the_config():
         joint = greedy_decode(model, memory, 15)
     assert [r.score for r in plain] != [r.score for r in joint]
     assert SpeechConfig.from_dict(model.config.to_dict()).ctc_decode_weight == 0.7
-    assert SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "ctc_decode_weight"}).ctc_decode_weight == 0.0
+    assert (
+        SpeechConfig.from_dict(
+            {k: v for k, v in model.config.to_dict().items() if k != "ctc_decode_weight"}
+        ).ctc_decode_weight
+        == 0.0
+    )
     with pytest.raises(AssertionError, match="ctc_decode_weight"):
         SpeechConfig.from_dict({**model.config.to_dict(), "ctc_decode_weight": 1.5})
 
@@ -214,7 +221,9 @@ def test_lm_fusion_changes_the_scores_round_trips_and_loads_with_the_artifact(tm
         fused = greedy_decode(model, model.encode(model.collate(feats)), 15)
     assert [r.score for r in plain] != [r.score for r in fused]
     assert SpeechConfig.from_dict(model.config.to_dict()).lm_weight == 2.0
-    assert SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "lm_weight"}).lm_weight == 0.0
+    assert (
+        SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "lm_weight"}).lm_weight == 0.0
+    )
     save_speech_model(model, tmp_path, training={})
     assert load_speech_model(tmp_path).lm is None  # no lm files: no LM, whatever the weight
     lm.save(tmp_path)
@@ -328,6 +337,41 @@ def test_spec_augment_masks_bands_and_frames():
     assert any(bool((m == 0).all(dim=0).any()) for m in masked), "no mel band was masked"
     assert any(bool((m == 0).all(dim=1).any()) for m in masked), "no time span was masked"
     assert torch.all(feats == 1), "the input must not be modified"
+
+
+def test_frequency_warp_moves_formants_and_keeps_the_axis():
+    # a formant-like bump at band 20 whose loudness follows `voice` over time, over faint noise:
+    # after per-band normalisation the bands that carry it are those that follow `voice`
+    gen = torch.Generator().manual_seed(0)
+    frames, bands = 80, 40
+    voice = torch.randn(frames, 1, generator=gen)
+    bump = torch.exp(-((torch.arange(bands, dtype=torch.float32) - 20) ** 2) / 4.0)
+    feats = normalize_utterance(voice * bump + 0.05 * torch.randn(frames, bands, generator=gen))
+
+    def formant_band(f: torch.Tensor) -> int:
+        return int((f * voice).mean(dim=0).argmax())  # the band most correlated with the voice
+
+    assert formant_band(feats) == 20
+    assert torch.allclose(warp_frequencies(feats, 1.0), feats, atol=1e-5)
+    # band b takes the value at b * factor: > 1 moves the bump down, < 1 up
+    for factor in (1.1, 0.9):  # (a band's worth of slack: neighbours of the peak correlate nearly as well)
+        assert abs(formant_band(warp_frequencies(feats, factor)) - 20 / factor) <= 1
+    assert formant_band(warp_frequencies(feats, 1.15)) < 20 < formant_band(warp_frequencies(feats, 0.85))
+    for factor in (0.85, 0.9, 1.1, 1.15):
+        warped = warp_frequencies(feats, factor)
+        assert warped.shape == feats.shape and torch.isfinite(warped).all()
+        assert torch.allclose(warped.mean(dim=0), torch.zeros(bands), atol=1e-4)  # normalised like served features
+        assert torch.allclose(warped[:, -1], feats[:, -1], atol=1e-4)  # the top band stays where it is
+
+
+def test_augment_without_warp_is_spec_augment_alone():
+    # freq_warp 0 draws nothing from the rng, so recipes without it shuffle and mask as before
+    feats = torch.randn(120, 40)
+    settings = resolve_settings({})
+    assert settings["freq_warp"] == 0
+    assert torch.equal(augment(feats, random.Random(3), settings), spec_augment(feats, random.Random(3), settings))
+    warped = augment(feats, random.Random(3), {**settings, "freq_warp": 0.1, "freq_masks": 0, "time_masks": 0})
+    assert warped.shape == feats.shape and not torch.allclose(warped, feats)
 
 
 def test_preprocess_resamples_and_downmixes_any_upload():
