@@ -74,6 +74,16 @@ def voices(split: str) -> list[str]:
     return [f"{a}+{v}" for a, v in (held if split == "test" else seen)]
 
 
+def voice_novelty(voice: str) -> str:
+    """What a voice `accent+variant` holds that training never heard: "new_accent",
+    "new_variant", "new_accent_and_variant", or "seen" (training and val voices)."""
+    accent, _, variant = voice.partition("+")
+    new_accent, new_variant = accent in HELD_OUT_ACCENTS, variant in HELD_OUT_VARIANTS
+    if new_accent and new_variant:
+        return "new_accent_and_variant"
+    return "new_accent" if new_accent else "new_variant" if new_variant else "seen"
+
+
 # ----- text ---------------------------------------------------------------------------------
 
 

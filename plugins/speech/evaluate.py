@@ -16,7 +16,14 @@ from tqdm import tqdm
 
 from mmserve.plugins.nn.search import DecodeParams, decode
 from mmserve.plugins.speech.checkpoint import load_speech_model
-from mmserve.plugins.speech.data import SPLIT_SIZES, SpeechClips, build_cache, default_cache_dir, split_dir
+from mmserve.plugins.speech.data import (
+    SPLIT_SIZES,
+    SpeechClips,
+    build_cache,
+    default_cache_dir,
+    split_dir,
+    voice_novelty,
+)
 from mmserve.plugins.speech.features import LogMel
 from mmserve.plugins.speech.model import ListenAttendSpell, SpeechBatch
 from mmserve.plugins.speech.text import decode_chars, normalize_text
@@ -39,6 +46,16 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     hyps = [normalize_text(h) for h in hypotheses]
     assert all(refs), "every reference must have text"
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+def error_rates_by_group(references: Sequence[str], hypotheses: Sequence[str],
+                         groups: Sequence[str]) -> dict[str, dict[str, float]]:  # fmt: skip
+    """WER / CER (and the clip count) of each group of clips: `groups[i]` names clip i's."""
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    return {group: {**error_rates([references[i] for i in index], [hypotheses[i] for i in index]), "clips": float(len(index))}
+            for group, index in sorted(members.items())}  # fmt: skip
 
 
 def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features",
@@ -174,6 +191,12 @@ def evaluate_artifact(
         rates = error_rates(texts, hyps[name])
         metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"], f"{name}_rtf": seconds / audio_s})
     model.config.ctc_decode_weight, model.config.lm_weight = weight, configured_lm_weight
+    # Where the errors are: clips whose voice has an accent, a speaker variant, or both that
+    # training never heard (e.g. beam_wer_new_accent, clips_new_variant).
+    novelty = [voice_novelty(clips.clips[i]["voice"]) for i in range(len(clips))]
+    for name in ("greedy", "beam"):
+        for group, rates in error_rates_by_group(texts, hyps[name], novelty).items():
+            metrics.update({f"{name}_wer_{group}": rates["wer"], f"{name}_cer_{group}": rates["cer"], f"clips_{group}": rates["clips"]})
     if model.ctc is not None:
         hyps["ctc_greedy"] = ctc_transcribe(model, features)
         rates = error_rates(texts, hyps["ctc_greedy"])

@@ -166,9 +166,7 @@ def warp_frequencies(features: torch.Tensor, factor: float, fixed_top: float = 0
     top = bands - 1
     cut = fixed_top * top / max(factor, 1.0)
     position = torch.arange(bands, dtype=torch.float32)
-    source = torch.where(
-        position <= cut, position * factor, cut * factor + (position - cut) * (top - cut * factor) / (top - cut)
-    )
+    source = torch.where(position <= cut, position * factor, cut * factor + (position - cut) * (top - cut * factor) / (top - cut))
     source = source.clamp(0, top)
     low = source.floor().long()
     high = (low + 1).clamp_max(top)
@@ -199,9 +197,7 @@ def pad_targets(sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     return torch.tensor([t + [pad_id] * (width - len(t)) for t in sequences], dtype=torch.long)
 
 
-def length_batches(
-    lengths: list[int], batch_size: int, rng: random.Random, shortest_first: bool = False
-) -> list[list[int]]:
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random, shortest_first: bool = False) -> list[list[int]]:
     """Batches of utterances of similar length (sorted with a little noise), in random order,
     or from the shortest to the longest (a curriculum: short clips align more easily)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.uniform(-15, 15))
@@ -232,18 +228,14 @@ def validate_ctc(model: ListenAttendSpell, features: list[torch.Tensor], texts: 
 
 
 @torch.no_grad()
-def validate(
-    model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str], s: dict[str, Any]
-) -> dict[str, float]:
+def validate(model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str], s: dict[str, Any]) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(features), 32):
         batch = model.collate(features[start : start + 32])
         batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
-        targets = pad_targets([encode_chars(model.vocab, t) for t in texts[start : start + 32]], model.pad_id).to(
-            device
-        )
+        targets = pad_targets([encode_chars(model.vocab, t) for t in texts[start : start + 32]], model.pad_id).to(device)
         _, parts = speech_loss(model, batch, targets, 0.0, 0.0)
         total, count = total + parts["ce"] * len(targets), count + len(targets)
     hypotheses = transcribe(model, features, beam_size=1, max_length=s["max_length"])
@@ -326,12 +318,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
         # Validate; the best weights so far go to the output directory at once, so a run that
         # is stopped early still leaves usable weights.
         nonlocal best_cer
-        row: dict[str, float] = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": running / max(seen, 1),
-            "train_pool": len(train_x),
-        }
+        row: dict[str, float] = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1), "train_pool": len(train_x)}
         if pretraining() and not (final and not history):  # the speller is untrained: only the listener's CTC
             row.update(validate_ctc(model, val_x, val_texts))
         else:

@@ -16,6 +16,7 @@ from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech import lm as speech_lm
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
+from mmserve.plugins.speech.evaluate import error_rates, error_rates_by_group
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for, normalize_utterance
 from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
@@ -198,12 +199,7 @@ def test_joint_ctc_decoding_changes_the_scores_and_round_trips_in_the_config():
         joint = greedy_decode(model, memory, 15)
     assert [r.score for r in plain] != [r.score for r in joint]
     assert SpeechConfig.from_dict(model.config.to_dict()).ctc_decode_weight == 0.7
-    assert (
-        SpeechConfig.from_dict(
-            {k: v for k, v in model.config.to_dict().items() if k != "ctc_decode_weight"}
-        ).ctc_decode_weight
-        == 0.0
-    )
+    assert SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "ctc_decode_weight"}).ctc_decode_weight == 0.0
     with pytest.raises(AssertionError, match="ctc_decode_weight"):
         SpeechConfig.from_dict({**model.config.to_dict(), "ctc_decode_weight": 1.5})
 
@@ -221,9 +217,7 @@ def test_lm_fusion_changes_the_scores_round_trips_and_loads_with_the_artifact(tm
         fused = greedy_decode(model, model.encode(model.collate(feats)), 15)
     assert [r.score for r in plain] != [r.score for r in fused]
     assert SpeechConfig.from_dict(model.config.to_dict()).lm_weight == 2.0
-    assert (
-        SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "lm_weight"}).lm_weight == 0.0
-    )
+    assert SpeechConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "lm_weight"}).lm_weight == 0.0
     save_speech_model(model, tmp_path, training={})
     assert load_speech_model(tmp_path).lm is None  # no lm files: no LM, whatever the weight
     lm.save(tmp_path)
@@ -441,6 +435,29 @@ def test_splits_hold_out_voices_and_sentences():
     assert not set(texts["test"]) & set(texts["train"]) and not set(texts["val"]) & set(texts["train"])
     assert all(t == normalize_text(t) and t for t in texts["train"])
     assert len(set(texts["train"])) == 300
+
+
+def test_voice_novelty_names_what_training_never_heard():
+    assert {data.voice_novelty(v) for v in data.voices("train")} == {"seen"}
+    assert {data.voice_novelty(v) for v in data.voices("test")} == {
+        "new_accent",
+        "new_variant",
+        "new_accent_and_variant",
+    }
+    assert data.voice_novelty("en-us-nyc+m1") == "new_accent"
+    assert data.voice_novelty("en-us+zac") == "new_variant"
+    assert data.voice_novelty("en-gb-x-gbcwmd+zac") == "new_accent_and_variant"
+
+
+def test_error_rates_by_group_scores_each_group_alone():
+    refs = ["one two", "three four", "five six", "seven"]
+    hyps = ["one two", "three for", "five six", "eleven"]
+    groups = ["a", "b", "a", "b"]
+    by_group = error_rates_by_group(refs, hyps, groups)
+    assert by_group["a"] == {"wer": 0.0, "cer": 0.0, "clips": 2.0}
+    assert by_group["b"]["clips"] == 2.0
+    assert by_group["b"]["wer"] == pytest.approx(error_rates(["three four", "seven"], ["three for", "eleven"])["wer"])
+    assert by_group["b"]["wer"] == pytest.approx(2 / 3)
 
 
 def test_augmentation_keeps_length_and_stays_in_range():
