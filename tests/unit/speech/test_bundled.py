@@ -21,6 +21,10 @@ def test_bundled_weights_load_small_with_metrics():
     assert (directory / "weights.safetensors").stat().st_size <= 15 * 1024 * 1024
     metrics = json.loads((directory / "metrics.json").read_text())
     assert {"test_greedy_wer", "test_beam_wer", "test_greedy_cer", "test_beam_cer"} <= set(metrics)
+    # ... and where its errors are: the test clips by what their voice holds that training never heard
+    groups = ("new_accent", "new_variant", "new_accent_and_variant")
+    assert sum(metrics[f"test_clips_{g}"] for g in groups) == metrics["test_clips"]
+    assert all(f"test_{d}_{r}_{g}" in metrics for d in ("greedy", "beam") for r in ("wer", "cer") for g in groups)
     model = task.load_model(directory, torch.device("cpu"))
     assert model.config.decoder.attention == "location"
 
