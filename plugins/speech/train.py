@@ -2,11 +2,12 @@
 
 First CTC on the listener's 4x layer alone (cheap steps: no speller), then label-smoothed
 cross-entropy plus CTC plus guided attention; optional SpecAugment (frequency and time masks),
-vocal tract length perturbation and dropout; Adam with warm-up and cosine decay; gradient clipping. Batches hold utterances of
-similar length (less padding); the speller's first epoch goes from short to long. Every
-`eval_every` steps and at each epoch's end the validation loss, CER and WER (greedy) are
-logged, and the weights with the best validation CER so far are written to the output
-directory at once. `init_from` continues from an artifact directory.
+vocal tract length perturbation and dropout; Adam with warm-up and cosine decay; gradient
+clipping. Batches hold utterances of similar length (less padding); the speller's first epoch
+goes from short to long. Every `eval_every` steps and at each epoch's end the validation
+loss, CER and WER (greedy) are logged, and the weights with the best validation CER so far
+are written to the output directory at once. `init_from` continues from an artifact
+directory.
 
 Knobs live in `DEFAULTS`, overridden with `mmserve train speech --set key=value`.
 """
