@@ -196,7 +196,8 @@ def evaluate_artifact(
     novelty = [voice_novelty(clips.clips[i]["voice"]) for i in range(len(clips))]
     for name in ("greedy", "beam"):
         for group, rates in error_rates_by_group(texts, hyps[name], novelty).items():
-            metrics.update({f"{name}_wer_{group}": rates["wer"], f"{name}_cer_{group}": rates["cer"], f"clips_{group}": rates["clips"]})
+            metrics.update({f"{name}_wer_{group}": rates["wer"], f"{name}_cer_{group}": rates["cer"]})
+    metrics.update({f"clips_{group}": float(novelty.count(group)) for group in sorted(set(novelty))})
     if model.ctc is not None:
         hyps["ctc_greedy"] = ctc_transcribe(model, features)
         rates = error_rates(texts, hyps["ctc_greedy"])
