@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmserve.plugins.action.data import ClipBatch, caption_grammar, collate_clips
+from mmserve.plugins.nn.birnn import bidirectional_rnn
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
 from mmserve.plugins.nn.heads import CategoricalHead
@@ -216,10 +216,9 @@ class ClipEncoder(nn.Module):
             values = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)  # [B*R, 1, F]
             mask = mask.new_ones(mask.shape[0], 1)
         else:
-            # Packing makes the backward direction start at each clip's own last frame, so a
-            # clip encodes the same alone or padded in a batch.
-            packed = pack_padded_sequence(features, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            values, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=steps)  # [B*R, T, 2H]
+            # The backward direction starts at each clip's own last frame, so a clip encodes the
+            # same alone or padded in a batch.
+            values = bidirectional_rnn(self.rnn, features, lengths)  # [B*R, T, 2H]
         if regions == 1:
             return values, mask
         positions = values.shape[1]

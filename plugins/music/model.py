@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmserve.plugins.music.tokens import (
     BOS_ID,
@@ -36,6 +35,7 @@ from mmserve.plugins.music.tokens import (
     VOCAB_SIZE,
     allowed_next,
 )
+from mmserve.plugins.nn.birnn import bidirectional_rnn
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.decoder import AttentionDecoder, DecoderConfig
 from mmserve.plugins.nn.heads import BernoulliHead, CategoricalHead
@@ -150,9 +150,7 @@ class FrameEncoder(nn.Module):
         real = (lengths > 0).nonzero(as_tuple=True)[0]
         if real.numel():
             src, lens = source[real], lengths[real]
-            packed = pack_padded_sequence(torch.tanh(self.embed(src)), lens.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = self.rnn(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=positions)  # [R, N, 2H]
+            out = bidirectional_rnn(self.rnn, torch.tanh(self.embed(src[:, :positions])), lens)  # [R, N, 2H]
             values = values.index_copy(0, real, self.project(out))
             steps = torch.arange(positions, device=source.device).unsqueeze(0)
             mask = mask.index_copy(0, real, steps < lens.unsqueeze(1))

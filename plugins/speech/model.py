@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from mmserve.plugins.nn.birnn import bidirectional_rnn
 from mmserve.plugins.nn.contract import EncoderDecoder, Memory, State
 from mmserve.plugins.nn.ctc import KEYS as CTC_KEYS
 from mmserve.plugins.nn.ctc import ctc_initial_state, ctc_prefix_step
@@ -113,14 +113,6 @@ def lengths_to_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, width]
 
 
-def bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """A batch-first BiLSTM over [B, T, D]; packed, so padding never reaches the backward
-    direction (batched == one by one), and zero past each length."""
-    packed = pack_padded_sequence(x, lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False)
-    out, _ = lstm(packed)
-    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
-
-
 class ResidualBiLSTM(nn.Module):
     """x + W BiLSTM(x) on real frames. W starts at zero, so a block added to a trained
     listener leaves its output unchanged and training picks up where it stopped, with more
@@ -135,7 +127,7 @@ class ResidualBiLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        update = self.dropout(self.out(bilstm(self.lstm, x, lengths)))
+        update = self.dropout(self.out(bidirectional_rnn(self.lstm, x, lengths)))
         # Padding stays zero (the pyramid pairs an odd last frame with it, as a lone utterance would).
         return x + update * lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1)
 
@@ -168,7 +160,7 @@ class Listener(nn.Module):
         x = F.relu(self.conv2(x))  # [B, C, T/4, F/4]
         x = x.permute(0, 2, 1, 3).flatten(2)  # [B, T/4, C*F/4]
         x = self.dropout(self.project(x))
-        x4 = bilstm(self.lstm1, x, len2)  # [B, T4, 2H]
+        x4 = bidirectional_rnn(self.lstm1, x, len2)  # [B, T4, 2H]
         for block in self.blocks4:
             x4 = block(x4, len2)
         # Pyramid: join frame pairs (an odd last frame is padded with zeros).
@@ -179,7 +171,7 @@ class Listener(nn.Module):
         b, t, d = x4p.shape
         pairs = self.dropout(x4p.reshape(b, t // 2, 2 * d))  # [B, T8, 4H]
         len3 = (len2 + 1) // 2  # = memory_lengths(lengths)
-        x8 = bilstm(self.lstm2, pairs, len3)  # [B, T8, 2H]
+        x8 = bidirectional_rnn(self.lstm2, pairs, len3)  # [B, T8, 2H]
         for block in self.blocks8:
             x8 = block(x8, len3)
         return x8, len3, x4, len2
