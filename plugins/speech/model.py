@@ -288,7 +288,8 @@ class ListenAttendSpell(EncoderDecoder):
 
 
 def guided_attention_loss(
-    attention: torch.Tensor, steps: torch.Tensor, positions: torch.Tensor, width: float = 0.2
+    attention: torch.Tensor, steps: torch.Tensor, positions: torch.Tensor, width: float = 0.2,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Guided attention (Tachibana et al. 2018): speech is read left to right at a roughly even
     pace, so the weight of output step u on memory position n is penalised by
@@ -296,11 +297,16 @@ def guided_attention_loss(
     learns a character language model and finds the alignment only after many epochs; with it
     the attention is near-diagonal from the first hundreds of steps.
 
-    attention [B, U, N]; steps [B] (output steps per row, <eos> included); positions [B]."""
+    attention [B, U, N]; steps [B] (output steps per row, <eos> included); positions [B]: the
+    memory positions the speech spans, from `starts` [B] (default 0; > 0 when silence was put
+    before it), so the diagonal runs over the speech and not over the padding."""
     b, u, n = attention.shape
     assert steps.shape == (b,) and positions.shape == (b,), "steps and positions must be [B]"
     step_pos = (torch.arange(u, device=attention.device) + 0.5).unsqueeze(0) / steps.unsqueeze(1)  # [B, U]
-    mem_pos = (torch.arange(n, device=attention.device) + 0.5).unsqueeze(0) / positions.unsqueeze(1)  # [B, N]
+    mem_pos = torch.arange(n, device=attention.device) + 0.5
+    if starts is not None:
+        mem_pos = mem_pos.unsqueeze(0) - starts.unsqueeze(1)
+    mem_pos = mem_pos.reshape(-1, n) / positions.unsqueeze(1)  # [B, N]
     penalty = 1.0 - torch.exp(-((mem_pos.unsqueeze(1) - step_pos.unsqueeze(2)) ** 2) / (2 * width**2))  # [B, U, N]
     valid = (torch.arange(u, device=attention.device).unsqueeze(0) < steps.unsqueeze(1)).to(attention.dtype)  # [B, U]
     # Padded memory positions already have zero weight; padded steps are masked here.
@@ -329,9 +335,11 @@ def speech_loss(
     ctc_weight: float = 0.3,
     guide_weight: float = 0.0,
     guide_width: float = 0.2,
+    speech_frames: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(1 - w) * label-smoothed cross-entropy + w * CTC (+ guide_weight * guided attention).
-    targets [B, U+1]: <bos> chars <eos> <pad>..."""
+    targets [B, U+1]: <bos> chars <eos> <pad>...; speech_frames: where the speech is in each
+    clip, (first frame [B], frames [B]), when silence was added around it (the guide follows it)."""
     pad = model.pad_id
     logits, attention, ctc = model(batch, targets[:, :-1])
     gold = targets[:, 1:]
@@ -340,8 +348,11 @@ def speech_loss(
     parts = {"ce": ce.item()}
     guide = ce.new_zeros(())
     if guide_weight > 0:
-        positions = memory_lengths(batch.lengths.to(attention.device))
-        guide = guided_attention_loss(attention, (gold != pad).sum(dim=1), positions, guide_width)
+        positions, starts = memory_lengths(batch.lengths.to(attention.device)), None
+        if speech_frames is not None:
+            first, frames = (t.to(attention.device, torch.float32) for t in speech_frames)
+            positions, starts = frames / model.frames_per_position, first / model.frames_per_position
+        guide = guided_attention_loss(attention, (gold != pad).sum(dim=1), positions, guide_width, starts)
         parts["guide"] = guide.item()
     if ctc is None or ctc_weight <= 0:
         return ce + guide_weight * guide, parts

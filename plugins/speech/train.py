@@ -96,6 +96,11 @@ DEFAULTS: dict[str, Any] = {
     # vocal tract length perturbation: the mel axis warped by a factor drawn from 1 +- this
     # (0.1 = 0.9-1.1), so formants move as between speakers; 0 = off
     "freq_warp": 0.0,
+    # silence before and after the speech: up to this many seconds each side (drawn uniformly),
+    # on `edge_pad_prob` of the clips; the model then copes with recordings that do not start
+    # and end at the speech, as synthetic clips do; 0 = off
+    "edge_pad_seconds": 0.0,
+    "edge_pad_prob": 0.5,
     "weight_decay": 1e-6,
     "grad_clip": 5.0,
     "warmup_steps": 100,
@@ -176,12 +181,30 @@ def warp_frequencies(features: torch.Tensor, factor: float, fixed_top: float = 0
     return normalize_utterance(warped)
 
 
-def augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> torch.Tensor:
-    """One training clip's features as the step sees them: warped (`freq_warp`), then masked
-    (SpecAugment)."""
+def pad_edges(features: torch.Tensor, lead: int, trail: int, rng: random.Random, quiet_frames: int = 10) -> torch.Tensor:
+    """`lead` and `trail` frames of the clip's own background put before and after it, then
+    normalised again per utterance. The background is the clip's last `quiet_frames` frames
+    (every synthetic clip ends in ~0.15-0.45 s of noise after espeak-ng's final pause), drawn
+    in random order. Per-band normalisation is affine, so normalising the normalised frames again
+    gives what normalising the raw padded recording would. features [T, F] -> [lead + T + trail, F]."""
+    quiet = features[-min(quiet_frames, features.shape[0]) :]
+    draw = [rng.randrange(quiet.shape[0]) for _ in range(lead + trail)]
+    padding = quiet[torch.tensor(draw, dtype=torch.long)] if draw else quiet[:0]
+    return normalize_utterance(torch.cat([padding[:lead], features, padding[lead:]]))
+
+
+def augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """One training clip's features as the step sees them: with background added around it
+    (`edge_pad_seconds`), warped (`freq_warp`), then masked (SpecAugment); and the frame its
+    speech now starts at."""
+    lead = 0
+    if s["edge_pad_seconds"] > 0 and rng.random() < s["edge_pad_prob"]:
+        most = int(s["edge_pad_seconds"] * 100)  # 10 ms frames
+        lead, trail = rng.randint(0, most), rng.randint(0, most)
+        features = pad_edges(features.float(), lead, trail, rng)
     if s["freq_warp"] > 0:
         features = warp_frequencies(features.float(), rng.uniform(1 - s["freq_warp"], 1 + s["freq_warp"]))
-    return spec_augment(features, rng, s)
+    return spec_augment(features, rng, s), lead
 
 
 def silence_clip(rng: random.Random, sample_rate: int = 16000) -> torch.Tensor:
@@ -353,15 +376,20 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             batches = length_batches(lengths, options.batch_size, rng, shortest_first=curriculum)
             bar = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
             for index in bar:
-                batch = model.collate([augment(train_x[i], rng, s) for i in index])
+                clips, leads = zip(*(augment(train_x[i], rng, s) for i in index))
+                batch = model.collate(list(clips))
                 batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
+                # where the speech is, for the guided attention, when silence was added around it
+                speech = None
+                if s["edge_pad_seconds"] > 0:
+                    speech = (torch.tensor(leads), torch.tensor([train_x[i].shape[0] for i in index]))
                 targets = pad_targets([train_y[i] for i in index], model.pad_id).to(device)
                 if pretraining():
                     loss = ctc_loss(model, batch, targets)
                     parts = {"ce": float("nan"), "ctc": loss.item()}
                 else:
                     loss, parts = speech_loss(model, batch, targets, s["label_smoothing"], s["ctc_weight"] if s["ctc"] else 0.0,
-                                              s["guide_weight"], s["guide_width"])  # fmt: skip
+                                              s["guide_weight"], s["guide_width"], speech)  # fmt: skip
                 time_progress = (time.monotonic() - started) / budget_s if budget_s > 0 else 0.0
                 lr = options.learning_rate * schedule(step, time_progress=time_progress)
                 for group in optimizer.param_groups:

@@ -27,6 +27,7 @@ from mmserve.plugins.speech.train import (
     build_model,
     grow_from,
     length_batches,
+    pad_edges,
     pad_targets,
     resolve_settings,
     spec_augment,
@@ -283,6 +284,17 @@ def test_guided_attention_penalises_off_diagonal_weights_only_on_real_steps():
     torch.testing.assert_close(guided_attention_loss(padded, steps, positions, 0.2), low)
 
 
+def test_guided_attention_follows_the_speech_after_added_silence():
+    steps, positions = torch.tensor([4]), torch.tensor([8])
+    diagonal = torch.zeros(1, 4, 8)
+    for u in range(4):
+        diagonal[0, u, 2 * u + 1] = 1.0
+    shifted = torch.cat([torch.zeros(1, 4, 5), diagonal, torch.zeros(1, 4, 3)], dim=2)  # 5 positions of silence first
+    aligned = guided_attention_loss(shifted, steps, positions.float(), 0.2, starts=torch.tensor([5.0]))
+    torch.testing.assert_close(aligned, guided_attention_loss(diagonal, steps, positions, 0.2))
+    assert guided_attention_loss(shifted, steps, torch.tensor([16]), 0.2) > aligned + 0.15  # the guide without the span
+
+
 def test_loss_adds_the_guide_when_asked_and_it_trains_the_attention():
     model = tiny_model().train()
     feats = random_features([80, 64], seed=2)
@@ -358,14 +370,42 @@ def test_frequency_warp_moves_formants_and_keeps_the_axis():
         assert torch.allclose(warped[:, -1], feats[:, -1], atol=1e-4)  # the top band stays where it is
 
 
-def test_augment_without_warp_is_spec_augment_alone():
-    # freq_warp 0 draws nothing from the rng, so recipes without it shuffle and mask as before
+def test_augment_without_warp_or_padding_is_spec_augment_alone():
+    # freq_warp and edge_pad_seconds 0 draw nothing from the rng, so recipes without them
+    # shuffle and mask as before
     feats = torch.randn(120, 40)
     settings = resolve_settings({})
-    assert settings["freq_warp"] == 0
-    assert torch.equal(augment(feats, random.Random(3), settings), spec_augment(feats, random.Random(3), settings))
-    warped = augment(feats, random.Random(3), {**settings, "freq_warp": 0.1, "freq_masks": 0, "time_masks": 0})
+    assert settings["freq_warp"] == 0 and settings["edge_pad_seconds"] == 0
+    augmented, lead = augment(feats, random.Random(3), settings)
+    assert torch.equal(augmented, spec_augment(feats, random.Random(3), settings)) and lead == 0
+    warped, _ = augment(feats, random.Random(3), {**settings, "freq_warp": 0.1, "freq_masks": 0, "time_masks": 0})
     assert warped.shape == feats.shape and not torch.allclose(warped, feats)
+
+
+def test_pad_edges_is_padding_the_raw_recording_with_its_own_background():
+    raw = torch.randn(60, 8) * 3 + 5  # un-normalised log-mels; the last 10 frames are "background"
+    padded = pad_edges(normalize_utterance(raw), 7, 4, random.Random(0))
+    assert padded.shape == (71, 8)
+    # Normalising the normalised clip again after padding = padding the raw clip, then normalising.
+    quiet_raw = raw[-10:]
+    again = pad_edges(normalize_utterance(raw), 7, 4, random.Random(0))
+    torch.testing.assert_close(padded, again)  # the same draw from the same rng
+    drawn = random.Random(0)
+    picks = [drawn.randrange(10) for _ in range(11)]
+    expected = normalize_utterance(torch.cat([quiet_raw[picks[:7]], raw, quiet_raw[picks[7:]]]))
+    torch.testing.assert_close(padded, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(pad_edges(normalize_utterance(raw), 0, 0, random.Random(0)), normalize_utterance(normalize_utterance(raw)))
+
+
+def test_augment_pads_some_clips_and_says_where_the_speech_starts():
+    feats = normalize_utterance(torch.randn(100, 40))
+    settings = {**resolve_settings({}), "edge_pad_seconds": 0.5, "edge_pad_prob": 1.0, "freq_masks": 0, "time_masks": 0}
+    for seed in range(5):
+        out, lead = augment(feats, random.Random(seed), settings)
+        assert 0 <= lead <= 50 and 100 + lead <= out.shape[0] <= 200
+        torch.testing.assert_close(normalize_utterance(out[lead : lead + 100]), feats, rtol=1e-3, atol=1e-3)
+    never = {**settings, "edge_pad_prob": 0.0}
+    assert all(augment(feats, random.Random(seed), never)[0].shape == feats.shape for seed in range(5))
 
 
 def test_preprocess_resamples_and_downmixes_any_upload():
