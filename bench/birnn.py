@@ -1,6 +1,7 @@
 """Packed vs unpacked bidirectional RNNs (plugins/nn/birnn.py), on the bundled speech model:
-one training step (forward and backward, joint CTC/attention loss) and the listener at
-inference, batch 1 and a batch of 32 clips of mixed lengths.
+one training step (forward and backward, joint CTC/attention loss) on 32 clips of similar
+lengths (as training batches them) and of mixed lengths, and the listener at inference, batch
+1 and a batch of 32 clips of mixed lengths.
 
     python -m bench.birnn [--threads 1] [--repeats 5]
 """
@@ -19,7 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import mmserve.plugins.speech.model as speech_model
 from mmserve.plugins.nn.birnn import bidirectional_rnn
 from mmserve.plugins.speech.checkpoint import load_speech_model
-from mmserve.plugins.speech.model import speech_loss
+from mmserve.plugins.speech.model import SpeechBatch, speech_loss
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "plugins" / "speech" / "weights"
 
@@ -47,16 +48,22 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     model = load_speech_model(WEIGHTS, "cpu")
-    # 2-5 s clips and 50-character transcripts, like the synthetic training data
-    lengths = torch.randint(200, 500, (32,), generator=generator).tolist()
-    batch = model.collate([torch.randn(n, 40, generator=generator) for n in lengths])
+    # 2-5 s clips and 50-character transcripts, like the synthetic training data: a batch of
+    # similar lengths (training batches clips by length) and one of mixed lengths
+    def clips(low: int, high: int) -> SpeechBatch:
+        return model.collate([torch.randn(n, 40, generator=generator) for n in torch.randint(low, high, (32,), generator=generator).tolist()])
+
+    similar, batch = clips(300, 330), clips(200, 500)
     single = model.collate([torch.randn(400, 40, generator=generator)])
     targets = torch.randint(4, len(model.vocab), (32, 51), generator=generator)
     targets[:, 0], targets[:, -1] = model.bos_id, model.eos_id
 
-    def train_step() -> None:
-        model.train()
-        speech_loss(model, batch, targets, 0.1, 0.5)[0].backward()
+    def train_step(clips: SpeechBatch) -> Callable[[], object]:
+        def run() -> None:
+            model.train()
+            speech_loss(model, clips, targets, 0.1, 0.5)[0].backward()
+
+        return run
 
     def listen(clips) -> Callable[[], object]:
         def run() -> object:
@@ -67,11 +74,12 @@ def main(argv: list[str] | None = None) -> None:
         return run
 
     print(f"threads {args.threads}, repeats {args.repeats}")
-    print(f"{'':10} {'train step, 32 clips':>22} {'listen, 32 clips':>18} {'listen, 1 clip':>16}")
+    print(f"{'':10} {'train step, similar':>20} {'train step, mixed':>18} {'listen, 32 clips':>17} {'listen, 1 clip':>15}")
     for name, rnn in (("packed", packed_rnn), ("unpacked", bidirectional_rnn)):
         speech_model.bidirectional_rnn = rnn
-        times = [seconds_per_call(work, args.repeats) for work in (train_step, listen(batch), listen(single))]
-        print(f"{name:10} {times[0] * 1000:>19.0f} ms {times[1] * 1000:>15.0f} ms {times[2] * 1000:>13.1f} ms")
+        works = (train_step(similar), train_step(batch), listen(batch), listen(single))
+        ms = [seconds_per_call(work, args.repeats) * 1000 for work in works]
+        print(f"{name:10} {ms[0]:>17.0f} ms {ms[1]:>15.0f} ms {ms[2]:>14.0f} ms {ms[3]:>12.1f} ms")
     speech_model.bidirectional_rnn = bidirectional_rnn
 
 

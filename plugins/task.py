@@ -55,6 +55,21 @@ class Prepared:
 
 
 @dataclass
+class Segments:
+    """What `preprocess` returns for an input too long for the model in one piece (e.g. a
+    minute of speech): each of `parts` (what preprocess returns for a short input) is decoded
+    as a sequence of its own, side by side with the others, and `Task.join_segments` makes one
+    answer of their answers, in order. `starts`: where each part begins in the input (seconds,
+    for audio)."""
+
+    parts: list[Any]
+    starts: list[float]
+
+    def __post_init__(self) -> None:
+        assert self.parts and len(self.parts) == len(self.starts), "one start per part, at least one part"
+
+
+@dataclass
 class TrainOptions:
     """Options common to every task's training; `extra` holds task-specific ones."""
 
@@ -130,6 +145,14 @@ class Task(ABC):
         """What one preprocessed input costs the encoder batch (e.g. its audio or video frames).
         An encoder batch closes at `max_batch_cost`, so one long input does not pad many short ones."""
         return 1
+
+    def join_segments(self, outputs: list[dict[str, Any]], segments: Segments) -> dict[str, Any]:
+        """One answer from the answers (postprocess's JSON) of the parts of a `Segments` input,
+        in order. Only tasks whose preprocess returns Segments need it."""
+        raise NotImplementedError(f"task {self.name!r} returned Segments but does not join them")
+
+    # Streamed between the tokens of consecutive parts of a Segments input (e.g. " " for text).
+    segment_separator: Any = None
 
     def token_text(self, item: Any, model: EncoderDecoder) -> Any:
         """JSON of one decoded step, for streaming partial output: a token's text for

@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from mmserve.plugins.errors import PayloadTooLarge
 from mmserve.plugins.nn.decoding import DecodeResult
-from mmserve.plugins.task import Prepared, Task
+from mmserve.plugins.task import Prepared, Segments, Task
 from mmserve.server.engine import TokenCallback
 from mmserve.server.http.errors import ApiError, status_for
 from mmserve.server.http.json_limits import JsonLimits
@@ -224,8 +224,48 @@ class Inference:
         service = self.service(task)
         with (pinned or service.loaded).lease() as loaded:
             inputs = await self.admitted_preprocess(service, loaded, data, content_type, params)
+            if isinstance(inputs, Segments):
+                generations, abandon = self.start_segments(service, loaded, inputs, params)
+                results = await self.await_decode(service, all_or_abandon(generations, abandon), abandon, request)
+                return self.join(service, loaded, results, params, inputs)
             result = await self.decode(service, loaded, inputs, params, request, admitted=True)
             return self.postprocess(service, loaded, result, params, inputs)
+
+    def start_segments(
+        self,
+        service: TaskService,
+        loaded: LoadedModel,
+        segments: Segments,
+        params: GenerationParams,
+        token_callbacks: list[TokenCallback] | None = None,
+    ) -> tuple[list[asyncio.Future], Callable[[], None]]:
+        """Queue every part of a Segments input at once, so they decode side by side (the first
+        in the request's admitted place, the others as they fit the queue); one function
+        abandons them all."""
+        started: list[tuple[asyncio.Future, Callable[[], None]]] = []
+
+        def abandon() -> None:
+            for _, stop in started:
+                stop()
+
+        try:
+            for i, part in enumerate(segments.parts):
+                callback = token_callbacks[i] if token_callbacks else None
+                started.append(self.start_decode(service, loaded, part, params, callback, admitted=i == 0))
+        except BaseException:
+            abandon()
+            raise
+        return [generation for generation, _ in started], abandon
+
+    def join(
+        self, service: TaskService, loaded: LoadedModel, results: list[DecodeResult], params: GenerationParams,
+        segments: Segments,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The task's one answer for a Segments input, from its parts' decoded sequences."""
+        outputs = [self.postprocess(service, loaded, r, params, part) for r, part in zip(results, segments.parts)]
+        output = service.task.join_segments(outputs, segments)
+        output["model"] = outputs[0]["model"]
+        return output
 
     async def open_stream(
         self, task: str, data: bytes, content_type: str | None, params: GenerationParams
@@ -242,19 +282,24 @@ class Inference:
         loaded.acquire()  # returned by the EventStream, however it ends
         try:
             inputs = await self.admitted_preprocess(service, loaded, data, content_type, params)
-            tokens: asyncio.Queue[Any] = asyncio.Queue()
-            generation, abandon = self.start_decode(service, loaded, inputs, params, tokens.put_nowait, admitted=True)
+            parts = inputs.parts if isinstance(inputs, Segments) else [inputs]
+            queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in parts]
+            if isinstance(inputs, Segments):
+                generations, abandon = self.start_segments(service, loaded, inputs, params, [q.put_nowait for q in queues])
+            else:
+                generation, abandon = self.start_decode(service, loaded, inputs, params, queues[0].put_nowait, admitted=True)
+                generations = [generation]
         except BaseException:
             loaded.release()
             raise
-        decoded = asyncio.ensure_future(self.await_decode(service, generation, abandon, None))
+        decoded = asyncio.ensure_future(self.await_decode(service, all_or_abandon(generations, abandon), abandon, None))
 
         def release() -> None:
             abandon()
             decoded.cancel()
             loaded.release()
 
-        events = self._stream(service, loaded, inputs, params, decoded, tokens)
+        events = self._stream(service, loaded, inputs, params, decoded, generations, queues)
         return EventStream(events, release, self.settings.request_timeout_s)
 
     async def _stream(
@@ -263,36 +308,53 @@ class Inference:
         loaded: LoadedModel,
         inputs: Any,
         params: GenerationParams,
-        generation: asyncio.Future,
-        tokens: asyncio.Queue,
+        decoded: asyncio.Future,
+        generations: list[asyncio.Future],
+        queues: list[asyncio.Queue],
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Each part's tokens in order (a Segments input's parts decode side by side; a later
+        part's tokens wait until the earlier ones are sent), then the answer or the error.
+        `decoded` is all parts' results, or the failure (a part's error, the request timeout)."""
         index = 0
-        items = service.task.stream_items(loaded.model)  # outputs -> event payloads (one per token, or per unit)
+        task = service.task
+        items = task.stream_items(loaded.model)  # outputs -> event payloads (one per token, or per unit)
         try:
-            while True:
-                getter = asyncio.ensure_future(tokens.get())
-                done, _ = await asyncio.wait({getter, generation}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    for payload in items(getter.result()):
-                        yield "token", {"index": index, "token": payload}
-                        index += 1
-                    continue
-                getter.cancel()
-                while not tokens.empty():  # tokens that arrived together with the final result
-                    for payload in items(tokens.get_nowait()):
-                        yield "token", {"index": index, "token": payload}
-                        index += 1
-                try:
-                    result = generation.result()
-                except Exception as exc:
-                    status, message, _ = status_for(exc)
-                    yield "error", {"error": message, "status": status}
-                    return
-                yield "result", self.postprocess(service, loaded, result, params, inputs)
+            for part, (generation, tokens) in enumerate(zip(generations, queues)):
+                separate = part > 0 and index > 0 and task.segment_separator is not None
+                while True:
+                    getter = asyncio.ensure_future(tokens.get())
+                    done, _ = await asyncio.wait({getter, generation, decoded}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                    pending = [getter.result()] if getter in done else []
+                    while getter not in done and not tokens.empty():  # tokens that came with the part's result
+                        pending.append(tokens.get_nowait())
+                    for item in pending:
+                        for payload in items(item):
+                            if separate:
+                                yield "token", {"index": index, "token": task.segment_separator}
+                                index, separate = index + 1, False
+                            yield "token", {"index": index, "token": payload}
+                            index += 1
+                    if getter not in done:
+                        break
+                if decoded.done() and (decoded.cancelled() or decoded.exception() is not None):
+                    break  # a part failed or the request timed out: no more tokens to wait for
+            try:
+                results = await decoded
+            except Exception as exc:
+                status, message, _ = status_for(exc)
+                yield "error", {"error": message, "status": status}
                 return
+            if isinstance(inputs, Segments):
+                yield "result", self.join(service, loaded, results, params, inputs)
+            else:
+                yield "result", self.postprocess(service, loaded, results[0], params, inputs)
         finally:
-            # A client that disconnects mid-stream closes this generator: free its decode slot.
-            generation.cancel()
+            # A client that disconnects mid-stream closes this generator: free its decode slots.
+            decoded.cancel()
+            for generation in generations:
+                generation.cancel()
 
 
 class EventStream:
@@ -348,6 +410,19 @@ def task_options(task: Task, params: GenerationParams) -> dict[str, Any]:
     if task.request_options is None:
         return {}
     return {"options": task.request_options.model_validate(params.options)}
+
+
+def all_or_abandon(generations: list[asyncio.Future], abandon: Callable[[], None]) -> asyncio.Future:
+    """A future of all `generations`' results, in order; the first failure abandons the others."""
+
+    async def gather() -> list[Any]:
+        try:
+            return await asyncio.gather(*generations)
+        except BaseException:
+            abandon()
+            raise
+
+    return asyncio.ensure_future(gather())
 
 
 async def await_or_abandon(

@@ -34,6 +34,7 @@ from mmserve.plugins.tracking import RunLogger
 BEAM_SIZE = 8
 LENGTH_PENALTY = 0.6  # GNMT alpha: without it beam search favours short transcripts
 MAX_LENGTH = 200
+SILENCE_PAD_S = 0.5  # background added before and after each clip for the robustness figure
 POCKETSPHINX_CLIPS = 40  # default; pocketsphinx takes seconds a clip on a shared CPU
 
 
@@ -56,6 +57,18 @@ def error_rates_by_group(references: Sequence[str], hypotheses: Sequence[str],
         members.setdefault(group, []).append(i)
     return {group: {**error_rates([references[i] for i in index], [hypotheses[i] for i in index]), "clips": float(len(index))}
             for group, index in sorted(members.items())}  # fmt: skip
+
+
+def pad_with_background(wave: np.ndarray, seconds: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
+    """The clip with `seconds` of its own background before and after it, as a recording that
+    starts before the speaker does: white noise at the level of its quietest tenth of 20 ms
+    frames (its noise floor; every test clip carries noise)."""
+    frame = sample_rate // 50
+    frames = wave[: len(wave) // frame * frame].reshape(-1, frame)
+    level = float(np.sqrt(np.percentile(np.square(frames).mean(axis=1), 10))) if len(frames) else 0.0
+    noise = np.random.default_rng(seed).standard_normal(2 * int(seconds * sample_rate)).astype(np.float32) * level
+    half = len(noise) // 2
+    return np.concatenate([noise[:half], wave, noise[half:]])
 
 
 def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features",
@@ -191,6 +204,13 @@ def evaluate_artifact(
         rates = error_rates(texts, hyps[name])
         metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"], f"{name}_rtf": seconds / audio_s})
     model.config.ctc_decode_weight, model.config.lm_weight = weight, configured_lm_weight
+    # Robustness: the same clips with half a second of their own background before and after
+    # (real recordings rarely start and end at the speech), served decoding.
+    featurizer = LogMel(model.config.features)
+    padded = [featurizer(torch.from_numpy(pad_with_background(clips.wave(i), SILENCE_PAD_S, seed=i))) for i in range(len(clips))]
+    hyps["beam_padded"] = transcribe(model, padded, beam_size=BEAM_SIZE, progress=progress, desc="beam, padded")
+    rates = error_rates(texts, hyps["beam_padded"])
+    metrics.update({"beam_wer_silence_padded": rates["wer"], "beam_cer_silence_padded": rates["cer"]})
     # Where the errors are: clips whose voice has an accent, a speaker variant, or both that
     # training never heard (e.g. beam_wer_new_accent, clips_new_variant).
     novelty = [voice_novelty(clips.clips[i]["voice"]) for i in range(len(clips))]

@@ -13,7 +13,8 @@ from mmserve.plugins.errors import InputError
 from mmserve.plugins.media import decode_audio
 from mmserve.plugins.media.audio import MAX_SAMPLE_RATE
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
-from mmserve.plugins.task import InputLimits
+from mmserve.plugins.speech.segment import segment_bounds
+from mmserve.plugins.task import InputLimits, Segments
 
 CONTENT_TYPES = (
     "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac", "audio/ogg",
@@ -33,13 +34,31 @@ def featurize(wave: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
     return _featurizer(config.sample_rate, config.n_mels, config.n_fft, config.hop_length)(wave)
 
 
-def audio_bytes_to_features(data: bytes, content_type: str | None, config: FeatureConfig, limits: InputLimits) -> torch.Tensor:
-    """Any audio upload (resampled, downmixed) -> features [T, n_mels]; 4xx errors on bad input."""
-    wave = decode_audio(
+def decode_upload(data: bytes, content_type: str | None, config: FeatureConfig, limits: InputLimits) -> torch.Tensor:
+    """Any audio upload -> a mono waveform [N] at config.sample_rate; 4xx errors on bad input."""
+    return decode_audio(
         data, content_type, sample_rate=config.sample_rate, max_upload_bytes=limits.max_upload_bytes,
         max_duration_s=limits.max_duration_s,
     )  # fmt: skip
-    return featurize(wave, config)
+
+
+def audio_bytes_to_features(data: bytes, content_type: str | None, config: FeatureConfig, limits: InputLimits) -> torch.Tensor:
+    """Any audio upload (resampled, downmixed) -> features [T, n_mels]; 4xx errors on bad input."""
+    return featurize(decode_upload(data, content_type, config, limits), config)
+
+
+def audio_bytes_to_segments(
+    data: bytes, content_type: str | None, config: FeatureConfig, limits: InputLimits, max_s: float, min_s: float
+) -> torch.Tensor | Segments:
+    """Features [T, n_mels] of an upload of at most `max_s` seconds; a longer one cut at its
+    quietest moments into Segments of such features (segment.py), each normalised on its own as
+    a short clip would be."""
+    wave = decode_upload(data, content_type, config, limits)
+    bounds = segment_bounds(wave.numpy(), config.sample_rate, max_s, min_s)
+    if len(bounds) == 1:
+        return featurize(wave, config)
+    return Segments([featurize(wave[start:end], config) for start, end in bounds],
+                    [start / config.sample_rate for start, _ in bounds])  # fmt: skip
 
 
 def waveform_to_wav(samples: np.ndarray, parameters: dict[str, Any] | None, default_rate: int) -> bytes:

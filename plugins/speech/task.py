@@ -13,8 +13,8 @@ from mmserve.plugins.nn.search import DecodeResult
 from mmserve.plugins.speech.checkpoint import load_speech_model
 from mmserve.plugins.speech.features import FeatureConfig
 from mmserve.plugins.speech.model import ListenAttendSpell
-from mmserve.plugins.speech.preprocess import CONTENT_TYPES, audio_bytes_to_features, waveform_to_wav
-from mmserve.plugins.task import InputLimits, Task, TensorSpec, TrainOptions, TrainResult
+from mmserve.plugins.speech.preprocess import CONTENT_TYPES, audio_bytes_to_segments, waveform_to_wav
+from mmserve.plugins.task import InputLimits, Segments, Task, TensorSpec, TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -39,6 +39,12 @@ class SpeechTask(Task):
     # val): on the test split it is ~15 WER points better than greedy, for ~3x the decoding time offline.
     default_beam_size = 8
     default_length_penalty = 0.6
+    # Longer uploads are cut at their quietest moments into segments of 2 to 6 s (the training
+    # clips' lengths, segment.py), decoded side by side and joined: the speller, trained on a few
+    # seconds, loses its place in a minute of speech.
+    segment_max_s = 6.0
+    segment_min_s = 2.0
+    segment_separator = " "
 
     def load_model(self, artifact_dir: Path, device: torch.device) -> EncoderDecoder:
         return load_speech_model(artifact_dir, device)
@@ -48,7 +54,28 @@ class SpeechTask(Task):
 
     def preprocess(self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits) -> Any:
         assert isinstance(model, ListenAttendSpell), f"speech needs a ListenAttendSpell, got {type(model).__name__}"
-        return audio_bytes_to_features(data, content_type, model.config.features, limits)
+        return audio_bytes_to_segments(data, content_type, model.config.features, limits, self.segment_max_s, self.segment_min_s)
+
+    def join_segments(self, outputs: list[dict[str, Any]], segments: Segments) -> dict[str, Any]:
+        """One transcript of a long upload's segments: texts joined by spaces, word times and
+        each segment's span moved to the upload's clock, scores added, and the attention maps
+        (when asked for) as one block-diagonal map over the whole upload."""
+        texts = [o["text"] for o in outputs]
+        joined: dict[str, Any] = {"text": " ".join(t for t in texts if t), "tokens": [], "score": 0.0, "words": []}
+        for output, start in zip(outputs, segments.starts):
+            if joined["tokens"] and output["tokens"]:
+                joined["tokens"].append(" ")
+            joined["tokens"] += output["tokens"]
+            joined["score"] += output["score"]
+            joined["words"] += [{**w, "start": round(w["start"] + start, 3), "end": round(w["end"] + start, 3)}
+                                for w in output["words"]]  # fmt: skip
+        if all("duration" in o for o in outputs):
+            joined["duration"] = round(segments.starts[-1] + outputs[-1]["duration"], 3)
+            joined["segments"] = [{"start": round(start, 3), "end": round(start + o["duration"], 3), "text": o["text"]}
+                                  for o, start in zip(outputs, segments.starts) if o["text"]]  # fmt: skip
+        if all("attention" in o for o in outputs):
+            joined["attention"] = block_diagonal([o["attention"] for o in outputs], [len(o["tokens"]) for o in outputs])
+        return joined
 
     def input_cost(self, inputs: Any) -> int:
         return int(inputs.shape[0])  # feature frames: what the listener's time costs
@@ -92,6 +119,22 @@ class SpeechTask(Task):
             return evaluate_artifact(Path(artifact_dir), logger, device)
         except EspeakMissing as error:
             raise SystemExit(f"speech evaluation needs the synthetic test set: {error}") from None
+
+
+def block_diagonal(maps: list[list[list[float]]], tokens: list[int]) -> list[list[float]]:
+    """Attention maps [T_k, N_k] of consecutive segments as one [T, N] map: segment k's rows
+    over its own memory positions, zero elsewhere, with a zero row for the space between two
+    segments' tokens (as `join_segments` puts one)."""
+    width = sum(len(m[0]) if m else 0 for m in maps)
+    rows: list[list[float]] = []
+    column = 0
+    for attention, count in zip(maps, tokens):
+        span = len(attention[0]) if attention else 0
+        if rows and count:
+            rows.append([0.0] * width)
+        rows += [[0.0] * column + row + [0.0] * (width - column - span) for row in attention]
+        column += span
+    return rows
 
 
 def word_times(result: DecodeResult, model: ListenAttendSpell, seconds_per_position: float) -> list[dict[str, Any]]:

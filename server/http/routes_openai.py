@@ -130,16 +130,20 @@ def _format(output: dict[str, Any], response_format: str, language: str, granula
         return PlainTextResponse(text + "\n")
     words = output.get("words", [])
     duration = float(output.get("duration") or (words[-1]["end"] if words else 0.0))
-    segment = {"id": 0, "seek": 0, "start": 0.0, "end": duration, "text": text, "tokens": [],
-               "temperature": 0.0, "avg_logprob": float(output.get("score", 0.0)) / max(len(text), 1),
-               "compression_ratio": 1.0, "no_speech_prob": 0.0}  # fmt: skip
+    # A long upload was transcribed in segments (their spans are in the output); else one segment.
+    spans = output.get("segments") or ([{"start": 0.0, "end": duration, "text": text}] if text else [])
+    avg_logprob = float(output.get("score", 0.0)) / max(len(text), 1)
+    segments = [{"id": i, "seek": 0, "start": span["start"], "end": span["end"], "text": span["text"], "tokens": [],
+                 "temperature": 0.0, "avg_logprob": avg_logprob, "compression_ratio": 1.0, "no_speech_prob": 0.0}
+                for i, span in enumerate(spans)]  # fmt: skip
     if response_format == "srt":
-        return PlainTextResponse(f"1\n{_clock(0.0, ',')} --> {_clock(duration, ',')}\n{text}\n\n" if text else "")
+        return PlainTextResponse("".join(f"{i + 1}\n{_clock(span['start'], ',')} --> {_clock(span['end'], ',')}\n{span['text']}\n\n"
+                                         for i, span in enumerate(spans)))  # fmt: skip
     if response_format == "vtt":
-        cue = f"{_clock(0.0, '.')} --> {_clock(duration, '.')}\n{text}\n\n" if text else ""
-        return PlainTextResponse("WEBVTT\n\n" + cue, media_type="text/vtt")
+        cues = "".join(f"{_clock(span['start'], '.')} --> {_clock(span['end'], '.')}\n{span['text']}\n\n" for span in spans)
+        return PlainTextResponse("WEBVTT\n\n" + cues, media_type="text/vtt")
     body: dict[str, Any] = {"task": "transcribe", "language": language, "duration": duration, "text": text,
-                            "segments": [segment] if text else []}  # fmt: skip
+                            "segments": segments}  # fmt: skip
     if "word" in granularities:
         body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"]} for w in words]
     return JSONResponse(body)

@@ -16,7 +16,7 @@ from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech import lm as speech_lm
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
-from mmserve.plugins.speech.evaluate import error_rates, error_rates_by_group
+from mmserve.plugins.speech.evaluate import error_rates, error_rates_by_group, pad_with_background
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for, normalize_utterance
 from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
@@ -553,3 +553,13 @@ def test_a_split_written_in_shards_holds_the_clips_written_in_one_piece(tmp_path
         assert clips.clips[i]["voice"] == whole.clips[k]["voice"] and clips.text(i) == whole.text(k)
         # torch's thread count may move a resampled sample by one int16 step, no more
         np.testing.assert_allclose(clips.wave(i), whole.wave(k), atol=1.5 / 32768)
+
+
+def test_pad_with_background_adds_noise_at_the_clips_floor_both_sides():
+    rng = np.random.default_rng(0)
+    speech = np.concatenate([rng.standard_normal(8000) * 0.3, rng.standard_normal(8000) * 0.01]).astype(np.float32)
+    padded = pad_with_background(speech, 0.25, seed=1)
+    assert len(padded) == len(speech) + 8000 and np.array_equal(padded[4000:-4000], speech)
+    floor = np.sqrt(np.mean(np.square(padded[:4000])))
+    assert 0.005 < floor < 0.02  # the quiet half's level, not the loud half's
+    assert np.array_equal(pad_with_background(speech, 0.25, seed=1), padded)  # seeded

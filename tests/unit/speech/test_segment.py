@@ -1,0 +1,87 @@
+"""Long uploads cut at their pauses, and the segments' transcripts joined on the upload's clock."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmserve.plugins.speech.segment import segment_bounds
+from mmserve.plugins.speech.task import SpeechTask, block_diagonal
+from mmserve.plugins.task import Segments
+
+RATE = 16000
+
+
+def speech_with_pauses(talk_s: list[float], pause_s: float, seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Loud noise bursts ("talk") separated by quiet pauses; and where each pause's middle is."""
+    rng = np.random.default_rng(seed)
+    pieces, middles, t = [], [], 0.0
+    for i, talk in enumerate(talk_s):
+        pieces.append(rng.standard_normal(int(talk * RATE)) * 0.3)
+        t += talk
+        if i < len(talk_s) - 1:
+            pieces.append(rng.standard_normal(int(pause_s * RATE)) * 0.003)
+            middles.append(t + pause_s / 2)
+            t += pause_s
+    return np.concatenate(pieces).astype(np.float32), middles
+
+
+def test_short_clips_stay_whole():
+    wave, _ = speech_with_pauses([2.0, 2.0], 0.5)
+    assert segment_bounds(wave, RATE, max_s=6.0, min_s=2.0) == [(0, len(wave))]
+
+
+def test_long_clips_are_cut_in_the_pauses_and_covered_whole():
+    wave, middles = speech_with_pauses([3.0, 2.5, 3.5, 2.0, 3.0], 0.6)
+    bounds = segment_bounds(wave, RATE, max_s=6.0, min_s=2.0)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(wave)
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous: nothing lost
+    assert all(end - start <= 6.0 * RATE for start, end in bounds)
+    for _, cut in bounds[:-1]:  # every cut inside a pause, near its middle
+        assert min(abs(cut / RATE - m) for m in middles) < 0.3, (cut / RATE, middles)
+
+
+def test_speech_without_pauses_is_still_cut_within_the_limits():
+    wave = (np.random.default_rng(1).standard_normal(20 * RATE) * 0.3).astype(np.float32)
+    bounds = segment_bounds(wave, RATE, max_s=6.0, min_s=2.0)
+    assert all(2.0 * RATE <= end - start <= 6.0 * RATE for start, end in bounds[:-1])
+    assert bounds[-1][1] == len(wave)
+
+
+def test_join_segments_moves_words_and_spans_to_the_uploads_clock():
+    outputs = [
+        {"text": "hi there", "tokens": list("hi there"), "score": -1.0, "duration": 2.0,
+         "words": [{"word": "hi", "start": 0.1, "end": 0.4}, {"word": "there", "start": 0.5, "end": 1.0}],
+         "attention": [[1.0, 0.0]] * 8},
+        {"text": "", "tokens": [], "score": -0.5, "duration": 1.0, "words": [], "attention": []},
+        {"text": "you", "tokens": list("you"), "score": -2.0, "duration": 3.0,
+         "words": [{"word": "you", "start": 0.2, "end": 0.6}], "attention": [[0.0, 0.5, 0.5]] * 3},
+    ]  # fmt: skip
+    joined = SpeechTask().join_segments(outputs, Segments([None] * 3, [0.0, 2.0, 3.0]))
+    assert joined["text"] == "hi there you" and "".join(joined["tokens"]) == "hi there you"
+    assert joined["score"] == -3.5 and joined["duration"] == 6.0
+    assert joined["words"][-1] == {"word": "you", "start": 3.2, "end": 3.6}
+    assert joined["segments"] == [{"start": 0.0, "end": 2.0, "text": "hi there"}, {"start": 3.0, "end": 6.0, "text": "you"}]
+    attention = np.array(joined["attention"])
+    assert attention.shape == (len(joined["tokens"]), 5)  # a row per token, the separator's all zero
+    assert attention[8].sum() == 0 and attention[:8, 2:].sum() == 0 and attention[9:, :2].sum() == 0
+
+
+def test_block_diagonal_places_each_map_on_its_own_positions():
+    rows = block_diagonal([[[1.0]], [[0.5, 0.5]]], [1, 1])
+    assert rows == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.5, 0.5]]
+
+
+def test_speech_preprocess_cuts_long_uploads_into_segments():
+    from mmserve.plugins.speech.preprocess import waveform_to_wav
+    from mmserve.plugins.task import InputLimits
+    from tests.unit.speech.test_speech import tiny_model
+
+    task, model = SpeechTask(), tiny_model()
+    wave, _ = speech_with_pauses([3.0, 3.0, 3.0], 0.6)
+    data = waveform_to_wav(wave, {"sample_rate": RATE}, RATE)
+    inputs = task.preprocess(data, "audio/wav", model, InputLimits())
+    assert isinstance(inputs, Segments) and len(inputs.parts) >= 2 and inputs.starts[0] == 0.0
+    assert sum(p.shape[0] for p in inputs.parts) >= len(wave) // 160  # every frame in some segment
+    short = task.preprocess(waveform_to_wav(wave[: 4 * RATE], {"sample_rate": RATE}, RATE), "audio/wav", model, InputLimits())
+    assert isinstance(short, torch.Tensor)
