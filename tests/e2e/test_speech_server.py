@@ -19,7 +19,7 @@ from mmserve.plugins.nn.search import DecodeParams, decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech.latency import pcm16_wav
 from mmserve.plugins.speech.task import SpeechTask
-from mmserve.plugins.task import InputLimits
+from mmserve.plugins.task import InputLimits, Segments
 from tests.e2e.server_process import running_server
 from tests.unit.media_fixtures import encode_audio
 
@@ -52,12 +52,13 @@ def offline(audio: bytes, mime: str, beam_size: int = SpeechTask.default_beam_si
     beam (or `beam_size`): what the server must answer. (Its accuracy is measured by `mmserve
     eval speech`, not here.)"""
     task, model = _bundled()
+    inputs = task.preprocess(audio, mime, model, InputLimits())
+    parts = inputs.parts if isinstance(inputs, Segments) else [inputs]
+    params = DecodeParams(task.default_max_length, beam_size, length_penalty=task.default_length_penalty)
     with torch.no_grad():
-        features = task.preprocess(audio, mime, model, InputLimits())
-        memory = model.encode(model.collate([features]))
-        params = DecodeParams(task.default_max_length, beam_size, length_penalty=task.default_length_penalty)
-        result = decode(model, memory, params)[0]
-    return task.postprocess(result, model, False)["text"]
+        texts = [task.postprocess(decode(model, model.encode(model.collate([p])), params)[0], model, False)["text"]
+                 for p in parts]  # fmt: skip
+    return " ".join(t for t in texts if t)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,30 @@ def test_task_api_transcribes_held_out_voices(base):
     audio, _ = CLIPS[0]
     greedy = httpx.post(f"{base}/v1/speech?beam_size=1", files={"file": ("clip.wav", audio, "audio/wav")}, timeout=60)
     assert greedy.json()["text"] == offline(audio, "audio/wav", beam_size=1)
+
+
+def test_a_long_upload_is_transcribed_in_segments_on_its_own_clock(base, client):
+    rng = np.random.default_rng(0)
+    pieces = []
+    for audio, _ in CLIPS * 2:  # ~15 s: six sentences with pauses between them
+        with wave.open(io.BytesIO(audio)) as w:
+            pieces.append(np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768)
+        pieces.append((rng.standard_normal(8000) * 0.002).astype(np.float32))
+    long = pcm16_wav(np.concatenate(pieces), 16000)
+    body = httpx.post(f"{base}/v1/speech", files={"file": ("long.wav", long, "audio/wav")}, timeout=120).json()
+    assert body["text"] == offline(long, "audio/wav")
+    seconds = sum(len(p) for p in pieces) / 16000
+    assert len(body["segments"]) >= 2 and abs(body["duration"] - seconds) < 0.5
+    starts = [segment["start"] for segment in body["segments"]]
+    assert starts == sorted(starts) and body["segments"][-1]["end"] <= body["duration"] + 0.01
+    assert [w["word"] for w in body["words"]] == body["text"].split()
+    assert all(0 <= w["start"] < w["end"] <= body["duration"] + 0.2 for w in body["words"])
+    assert max(w["end"] for w in body["words"]) > seconds / 2  # times on the upload's clock, not each segment's
+    verbose = client.audio.transcriptions.create(model="speech", file=("long.wav", long, "audio/wav"),
+                                                 response_format="verbose_json")  # fmt: skip
+    assert verbose.text == body["text"] and len(verbose.segments) == len(body["segments"])
+    srt = client.audio.transcriptions.create(model="speech", file=("long.wav", long, "audio/wav"), response_format="srt")
+    assert srt.count(" --> ") == len(body["segments"])
 
 
 @pytest.mark.parametrize(("fmt", "codec", "mime"), [("flac", "flac", "audio/flac"), ("ogg", "libopus", "audio/ogg"),
