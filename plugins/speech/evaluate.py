@@ -26,6 +26,8 @@ from mmserve.plugins.speech.data import (
 )
 from mmserve.plugins.speech.features import LogMel
 from mmserve.plugins.speech.model import ListenAttendSpell, SpeechBatch
+from mmserve.plugins.speech.segment import segment_bounds
+from mmserve.plugins.speech.task import SpeechTask
 from mmserve.plugins.speech.text import decode_chars, normalize_text
 from mmserve.plugins.tracking import RunLogger
 
@@ -35,6 +37,7 @@ BEAM_SIZE = 8
 LENGTH_PENALTY = 0.6  # GNMT alpha: without it beam search favours short transcripts
 MAX_LENGTH = 200
 SILENCE_PAD_S = 0.5  # background added before and after each clip for the robustness figure
+LONG_FORM_CLIPS = 4  # test clips per recording for the long-upload figure (~12 s)
 POCKETSPHINX_CLIPS = 40  # default; pocketsphinx takes seconds a clip on a shared CPU
 
 
@@ -59,16 +62,47 @@ def error_rates_by_group(references: Sequence[str], hypotheses: Sequence[str],
             for group, index in sorted(members.items())}  # fmt: skip
 
 
-def pad_with_background(wave: np.ndarray, seconds: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
-    """The clip with `seconds` of its own background before and after it, as a recording that
-    starts before the speaker does: white noise at the level of its quietest tenth of 20 ms
-    frames (its noise floor; every test clip carries noise)."""
+def background(wave: np.ndarray, seconds: float, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
+    """`seconds` of the clip's background: white noise at the level of its quietest tenth of
+    20 ms frames (its noise floor; every test clip carries noise)."""
     frame = sample_rate // 50
     frames = wave[: len(wave) // frame * frame].reshape(-1, frame)
     level = float(np.sqrt(np.percentile(np.square(frames).mean(axis=1), 10))) if len(frames) else 0.0
-    noise = np.random.default_rng(seed).standard_normal(2 * int(seconds * sample_rate)).astype(np.float32) * level
-    half = len(noise) // 2
-    return np.concatenate([noise[:half], wave, noise[half:]])
+    return rng.standard_normal(int(seconds * sample_rate)).astype(np.float32) * level
+
+
+def pad_with_background(wave: np.ndarray, seconds: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
+    """The clip with `seconds` of its own background before and after it, as a recording that
+    starts before the speaker does."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([background(wave, seconds, rng, sample_rate), wave, background(wave, seconds, rng, sample_rate)])
+
+
+def long_recordings(clips: SpeechClips, per_recording: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
+    """Consecutive test clips joined into recordings of `per_recording` sentences (about
+    12 s for 4), with 0.1-0.6 s of background between them, and their joined transcripts."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for first in range(0, len(clips) - per_recording + 1, per_recording):
+        waves = [clips.wave(i) for i in range(first, first + per_recording)]
+        pieces = [piece for w in waves for piece in (w, background(w, rng.uniform(0.1, 0.6), rng))][:-1]
+        out.append((np.concatenate(pieces), " ".join(clips.text(i) for i in range(first, first + per_recording))))
+    return out
+
+
+def transcribe_long(model: ListenAttendSpell, recordings: Sequence[np.ndarray], max_s: float, min_s: float, beam_size: int,
+                    progress: bool = False) -> list[str]:  # fmt: skip
+    """Transcripts of long recordings as the server makes them: cut at their pauses
+    (segment.py), each segment decoded on its own, the texts joined."""
+    featurizer = LogMel(model.config.features)
+    rate = model.config.features.sample_rate
+    parts, owners = [], []
+    for index, wave in enumerate(recordings):
+        for start, end in segment_bounds(wave, rate, max_s, min_s):
+            parts.append(featurizer(torch.from_numpy(wave[start:end])))
+            owners.append(index)
+    texts = transcribe(model, parts, beam_size=beam_size, progress=progress, desc="long recordings")
+    return [" ".join(t for t, o in zip(texts, owners) if o == index and t) for index in range(len(recordings))]
 
 
 def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features",
@@ -211,6 +245,13 @@ def evaluate_artifact(
     hyps["beam_padded"] = transcribe(model, padded, beam_size=BEAM_SIZE, progress=progress, desc="beam, padded")
     rates = error_rates(texts, hyps["beam_padded"])
     metrics.update({"beam_wer_silence_padded": rates["wer"], "beam_cer_silence_padded": rates["cer"]})
+    # Long uploads: 4 test clips in one recording, cut and joined as the server does.
+    recordings = long_recordings(clips, min(LONG_FORM_CLIPS, len(clips)))
+    joined = transcribe_long(model, [w for w, _ in recordings], SpeechTask.segment_max_s, SpeechTask.segment_min_s,
+                             BEAM_SIZE, progress)  # fmt: skip
+    rates = error_rates([t for _, t in recordings], joined)
+    metrics.update({"beam_wer_long_form": rates["wer"], "beam_cer_long_form": rates["cer"],
+                    "long_form_recordings": float(len(recordings))})  # fmt: skip
     # Where the errors are: clips whose voice has an accent, a speaker variant, or both that
     # training never heard (e.g. beam_wer_new_accent, clips_new_variant).
     novelty = [voice_novelty(clips.clips[i]["voice"]) for i in range(len(clips))]

@@ -94,3 +94,17 @@ def test_the_lm_and_the_decoding_weights_of_a_trained_artifact(tmp_path, capsys)
     scored = [(float(line.split("WER ")[1].split("%")[0]), float(line.split("CER ")[1].split("%")[0]), line) for line in lines]
     best = min(scored)[2]  # by WER, then CER (a tiny model's WER ties at 100 %)
     assert f"ctc {written['ctc_decode_weight']:.2f}  lm {written['lm_weight']:.2f}" in best
+
+
+def test_the_evaluation_of_a_trained_artifact(tmp_path):
+    from mmserve.plugins.speech.evaluate import evaluate_artifact
+
+    result, _ = train(tmp_path, "evaluated")
+    logger = MemoryRunLogger()
+    metrics = evaluate_artifact(result.artifact_dir, logger, pocketsphinx_clips=0, progress=False)
+    rates = {f"{decoding}_{rate}" for decoding in ("greedy", "beam", "ctc_greedy") for rate in ("wer", "cer")}
+    assert rates | {"beam_wer_silence_padded", "beam_wer_long_form"} <= set(metrics)
+    assert metrics["clips"] == 3 and metrics["long_form_recordings"] == 1  # the 3 test clips in one recording
+    assert all(v >= 0 for v in metrics.values())
+    assert logger.metrics and "test_samples.txt" in logger.artifacts
+

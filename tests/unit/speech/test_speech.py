@@ -16,7 +16,7 @@ from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech import lm as speech_lm
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
-from mmserve.plugins.speech.evaluate import error_rates, error_rates_by_group, pad_with_background
+from mmserve.plugins.speech.evaluate import error_rates, error_rates_by_group, long_recordings, pad_with_background
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for, normalize_utterance
 from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
@@ -563,3 +563,20 @@ def test_pad_with_background_adds_noise_at_the_clips_floor_both_sides():
     floor = np.sqrt(np.mean(np.square(padded[:4000])))
     assert 0.005 < floor < 0.02  # the quiet half's level, not the loud half's
     assert np.array_equal(pad_with_background(speech, 0.25, seed=1), padded)  # seeded
+
+
+def test_long_recordings_join_consecutive_clips_with_pauses():
+    class Clips:
+        def __len__(self):
+            return 9
+
+        def wave(self, i):
+            return np.full(1600 * (i + 1), 0.1 * (i + 1), np.float32)
+
+        def text(self, i):
+            return f"clip {i}"
+
+    recordings = long_recordings(Clips(), 4)
+    assert [t for _, t in recordings] == ["clip 0 clip 1 clip 2 clip 3", "clip 4 clip 5 clip 6 clip 7"]  # the 9th left out
+    speech = sum(1600 * (i + 1) for i in range(4))
+    assert speech + 3 * 1600 <= len(recordings[0][0]) <= speech + 3 * 9600  # three pauses of 0.1-0.6 s
