@@ -1,8 +1,8 @@
 """Long recordings in pieces the model can transcribe: cut at the quietest moments.
 
-The speller learned from clips of a few seconds; on a minute of speech its attention loses its
-place. A long upload is cut into segments of at most `max_s` seconds, each cut at the quietest
-stretch (the pause between words or sentences) that leaves the segment at least `min_s` long.
+The speller learned from clips of one sentence, a few seconds long; on a minute of speech its
+attention loses its place. A long upload is cut in its pauses (as a sentence per segment), and
+a stretch of speech still longer than `max_s` seconds at its quietest moments.
 The segments are decoded side by side (they batch in the engine like separate requests) and
 their transcripts joined, with word times moved to the recording's clock (task.py).
 """
@@ -23,24 +23,50 @@ def frame_levels(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     return 10 * np.log10(power + 1e-12)
 
 
-def segment_bounds(wave: np.ndarray, sample_rate: int, max_s: float, min_s: float) -> list[tuple[int, int]]:
-    """[start, end) sample ranges covering the whole waveform, each at most `max_s` seconds
-    (one range when the clip is that short), cut where a `QUIET_WINDOW_S` stretch is quietest
-    between `min_s` and `max_s` after the previous cut."""
+def segment_bounds(wave: np.ndarray, sample_rate: int, max_s: float, min_s: float, min_pause_s: float = 0.25) -> list[tuple[int, int]]:
+    """[start, end) sample ranges covering the whole waveform (one range when it is at most
+    `max_s` seconds). A longer one is cut in the middle of every pause of at least
+    `min_pause_s` (a stretch near the clip's noise floor) that leaves both sides at least
+    `min_s` long, so that segments hold whole sentences, as the training clips do; a segment
+    still over `max_s` is cut again where a `QUIET_WINDOW_S` stretch is quietest between
+    `min_s` and `max_s` after the previous cut."""
     assert 0 < min_s < max_s, f"need 0 < min_s < max_s, got {min_s}, {max_s}"
     total = len(wave)
     if total <= max_s * sample_rate:
         return [(0, total)]
     frame = max(1, int(FRAME_S * sample_rate))
+    raw = frame_levels(wave, sample_rate)
     window = max(1, int(QUIET_WINDOW_S / FRAME_S))
     # the mean level of the stretch of `window` frames centred on each frame
-    level = np.convolve(frame_levels(wave, sample_rate), np.ones(window) / window, mode="same")
+    level = np.convolve(raw, np.ones(window) / window, mode="same")
+    cuts = [c * frame for c in pause_middles(raw, int(min_pause_s / FRAME_S))]
     bounds, start = [], 0
-    while total - start > max_s * sample_rate:
-        first = (start + int(min_s * sample_rate)) // frame
-        last = (start + int(max_s * sample_rate)) // frame
-        cut = (first + int(np.argmin(level[first:last]))) * frame
+    for cut in cuts + [total]:
+        if cut - start < min_s * sample_rate or (cut < total and total - cut < min_s * sample_rate):
+            continue
+        while cut - start > max_s * sample_rate:  # no pause long enough: the quietest moment
+            first = (start + int(min_s * sample_rate)) // frame
+            last = (start + int(max_s * sample_rate)) // frame
+            forced = (first + int(np.argmin(level[first:last]))) * frame
+            bounds.append((start, forced))
+            start = forced
         bounds.append((start, cut))
         start = cut
-    bounds.append((start, total))
+    if start < total:  # a tail shorter than min_s joins the last segment
+        bounds[-1] = (bounds[-1][0], total) if bounds else (0, total)
     return bounds
+
+
+def pause_middles(levels: np.ndarray, min_frames: int, above_floor_db: float = 6.0) -> list[int]:
+    """The middle frame of every run of at least `min_frames` frames within `above_floor_db`
+    of the recording's noise floor (its quietest tenth of frames)."""
+    quiet = levels < np.percentile(levels, 10) + above_floor_db
+    middles, run_start = [], None
+    for i, is_quiet in enumerate(np.append(quiet, False)):
+        if is_quiet and run_start is None:
+            run_start = i
+        elif not is_quiet and run_start is not None:
+            if i - run_start >= min_frames:
+                middles.append((run_start + i) // 2)
+            run_start = None
+    return middles

@@ -39,6 +39,16 @@ def test_long_clips_are_cut_in_the_pauses_and_covered_whole():
     assert all(end - start <= 6.0 * RATE for start, end in bounds)
     for _, cut in bounds[:-1]:  # every cut inside a pause, near its middle
         assert min(abs(cut / RATE - m) for m in middles) < 0.3, (cut / RATE, middles)
+    assert len(bounds) == 5  # a cut in every pause: a sentence per segment
+
+
+def test_pauses_too_short_or_segments_too_short_are_not_cut():
+    wave, _ = speech_with_pauses([3.0, 0.7, 3.0, 3.0], 0.6)
+    bounds = segment_bounds(wave, RATE, max_s=5.0, min_s=1.5)
+    # the 0.7 s talk cannot stand alone: it stays with a neighbour, the other pauses are cut
+    assert len(bounds) == 3 and all(end - start >= 1.5 * RATE for start, end in bounds)
+    short_pauses, _ = speech_with_pauses([3.0, 3.0], 0.1)
+    assert len(segment_bounds(short_pauses, RATE, max_s=5.0, min_s=1.5)) == 2  # no pause: cut at the quietest moment
 
 
 def test_speech_without_pauses_is_still_cut_within_the_limits():
