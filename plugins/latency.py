@@ -69,14 +69,19 @@ def measure(
     return rows
 
 
-def main(description: str, task: str, uploads: Callable[[int], list[Upload]]) -> None:
-    """The command line of a task's latency client: `uploads(count)` builds its test uploads."""
+def main(description: str, task: str, uploads: Callable[..., list[Upload]], options: dict[str, dict[str, Any]] | None = None,
+         argv: list[str] | None = None) -> None:  # fmt: skip
+    """The command line of a task's latency client: `uploads(count, **task_options)` builds its
+    test uploads; `options` are the task's own flags (argparse keyword arguments by flag)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, spec in (options or {}).items():
+        parser.add_argument(flag, **spec)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--task", default=task, help="the task's name on the server")
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--params", default="", help="decoding parameters as a query string, e.g. beam_size=1")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     url = f"{args.url}/v1/{args.task}" + (f"?{args.params}" if args.params else "")
-    print(json.dumps(measure(url, uploads(args.clips), args.concurrency), indent=1))
+    task_options = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_")) for flag in options or {}}
+    print(json.dumps(measure(url, uploads(args.clips, **task_options), args.concurrency), indent=1))

@@ -33,3 +33,19 @@ def test_an_error_answer_fails_the_measurement():
     transport = httpx.MockTransport(lambda request: httpx.Response(400, json={"error": "bad"}))
     with pytest.raises(httpx.HTTPStatusError):
         measure("http://test/v1/task", [Upload("c.wav", b"x", "audio/wav", 1.0)], [1], transport=transport)
+
+
+def test_a_tasks_own_flags_reach_its_uploads(monkeypatch, capsys):
+    from mmserve.plugins import latency
+
+    built = {}
+
+    def uploads(count: int, join: int = 1) -> list[Upload]:
+        built.update(count=count, join=join)
+        return [Upload("c.wav", b"x", "audio/wav", 1.0)]
+
+    monkeypatch.setattr(latency, "measure", lambda url, ups, levels: [{"url": url, "uploads": len(ups), "levels": levels}])
+    latency.main("doc", "speech", uploads, {"--join": {"type": int, "default": 1}},
+                 argv=["--clips", "6", "--join", "4", "--concurrency", "2", "--params", "beam_size=1"])  # fmt: skip
+    assert built == {"count": 6, "join": 4}
+    assert '"url": "http://127.0.0.1:8000/v1/speech?beam_size=1"' in capsys.readouterr().out
