@@ -225,23 +225,23 @@ class Inference:
         with (pinned or service.loaded).lease() as loaded:
             inputs = await self.admitted_preprocess(service, loaded, data, content_type, params)
             if isinstance(inputs, Segments):
-                generations, abandon = self.start_segments(service, loaded, inputs, params)
+                generations, abandon = self.start_parts(service, loaded, inputs.parts, params)
                 results = await self.await_decode(service, all_or_abandon(generations, abandon), abandon, request)
                 return self.join(service, loaded, results, params, inputs)
             result = await self.decode(service, loaded, inputs, params, request, admitted=True)
             return self.postprocess(service, loaded, result, params, inputs)
 
-    def start_segments(
+    def start_parts(
         self,
         service: TaskService,
         loaded: LoadedModel,
-        segments: Segments,
+        parts: list[Any],
         params: GenerationParams,
         token_callbacks: list[TokenCallback] | None = None,
     ) -> tuple[list[asyncio.Future], Callable[[], None]]:
-        """Queue every part of a Segments input at once, so they decode side by side (the first
-        in the request's admitted place, the others as they fit the queue); one function
-        abandons them all."""
+        """Queue the parts of one request's input (one, or a Segments input's) at once, so they
+        decode side by side: the first in the request's admitted place, the others as they fit
+        the queue. Returns their futures and one function that abandons them all."""
         started: list[tuple[asyncio.Future, Callable[[], None]]] = []
 
         def abandon() -> None:
@@ -249,7 +249,7 @@ class Inference:
                 stop()
 
         try:
-            for i, part in enumerate(segments.parts):
+            for i, part in enumerate(parts):
                 callback = token_callbacks[i] if token_callbacks else None
                 started.append(self.start_decode(service, loaded, part, params, callback, admitted=i == 0))
         except BaseException:
@@ -284,11 +284,7 @@ class Inference:
             inputs = await self.admitted_preprocess(service, loaded, data, content_type, params)
             parts = inputs.parts if isinstance(inputs, Segments) else [inputs]
             queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in parts]
-            if isinstance(inputs, Segments):
-                generations, abandon = self.start_segments(service, loaded, inputs, params, [q.put_nowait for q in queues])
-            else:
-                generation, abandon = self.start_decode(service, loaded, inputs, params, queues[0].put_nowait, admitted=True)
-                generations = [generation]
+            generations, abandon = self.start_parts(service, loaded, parts, params, [q.put_nowait for q in queues])
         except BaseException:
             loaded.release()
             raise
