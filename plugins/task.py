@@ -33,6 +33,7 @@ class InputLimits:
     max_frames: int = 512
     max_duration_s: float = 60.0
     max_output_length: int | None = None  # this task's configured output limit (tasks.<name>.max_output_length)
+    max_segment_s: float | None = None  # cut longer media into segments of this length (tasks.<name>.max_segment_s)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ class TaskSettings(BaseModel):
     )
     max_frames: int | None = Field(None, ge=1, description="This task's video frame limit (server-wide if unset)")
     max_duration_s: float | None = Field(None, gt=0, description="This task's media length limit, seconds")
+    max_segment_s: float | None = Field(
+        None, gt=0, le=3600,
+        description="Longer media is cut into segments of at most this many seconds, decoded side by side and "
+        "joined (tasks that segment, e.g. speech); unset: the task's own length",
+    )
     max_output_length: int | None = Field(
         None, ge=1, le=1_000_000,
         description="This task's upper bound for a request's output length (tokens / steps); unset: the task's "
@@ -242,6 +247,8 @@ class Settings(BaseSettings):
             limits = replace(limits, max_duration_s=task.max_duration_s)
         if task.max_output_length is not None:
             limits = replace(limits, max_output_length=task.max_output_length)
+        if task.max_segment_s is not None:
+            limits = replace(limits, max_segment_s=task.max_segment_s)
         return limits
 
     def output_limit(self, name: str, task_default: int | None = None) -> int:

@@ -44,6 +44,7 @@ class SpeechTask(Task):
     # on a few seconds, loses its place in a minute of speech. Chosen on recordings of 4 val clips
     # (stage-10 model at step 400, greedy WER): max 5 s 69.5 %, 6 s 72.5 %, 4 s 82.3 %; min 1.5 s
     # 69.5 %, 1 s 70.1 %, 2 s 70.6 %; pauses from 0.25 s (0.15 s: 74.3 %, 0.4 s: 71.9 %).
+    # `tasks.speech.max_segment_s` overrides the maximum (e.g. for a model trained on longer clips).
     segment_max_s = 5.0
     segment_min_s = 1.5
     segment_separator = " "
@@ -56,7 +57,8 @@ class SpeechTask(Task):
 
     def preprocess(self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits) -> Any:
         assert isinstance(model, ListenAttendSpell), f"speech needs a ListenAttendSpell, got {type(model).__name__}"
-        return audio_bytes_to_segments(data, content_type, model.config.features, limits, self.segment_max_s, self.segment_min_s)
+        max_s = limits.max_segment_s or self.segment_max_s
+        return audio_bytes_to_segments(data, content_type, model.config.features, limits, max_s, min(self.segment_min_s, max_s / 2))
 
     def join_segments(self, outputs: list[dict[str, Any]], segments: Segments) -> dict[str, Any]:
         """One transcript of a long upload's segments: texts joined by spaces, word times and

@@ -95,3 +95,17 @@ def test_speech_preprocess_cuts_long_uploads_into_segments():
     assert sum(p.shape[0] for p in inputs.parts) >= len(wave) // 160  # every frame in some segment
     short = task.preprocess(waveform_to_wav(wave[: 4 * RATE], {"sample_rate": RATE}, RATE), "audio/wav", model, InputLimits())
     assert isinstance(short, torch.Tensor)
+
+
+def test_the_segment_length_is_a_task_setting(tmp_path):
+    from mmserve.plugins.speech.preprocess import waveform_to_wav
+    from mmserve.server.settings import Settings
+    from tests.unit.speech.test_speech import tiny_model
+
+    wave, _ = speech_with_pauses([3.0, 3.0, 3.0], 0.6)
+    data = waveform_to_wav(wave, {"sample_rate": RATE}, RATE)
+    settings = Settings(data_dir=tmp_path, tasks={"speech": {"max_segment_s": 30}})
+    whole = SpeechTask().preprocess(data, "audio/wav", tiny_model(), settings.task_input_limits("speech"))
+    assert isinstance(whole, torch.Tensor)  # 10.2 s is under the configured 30 s: not cut
+    cut = SpeechTask().preprocess(data, "audio/wav", tiny_model(), Settings(data_dir=tmp_path).task_input_limits("speech"))
+    assert isinstance(cut, Segments)
