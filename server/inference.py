@@ -162,20 +162,6 @@ class Inference:
 
         return generation, abandon
 
-    async def decode(
-        self,
-        service: TaskService,
-        loaded: LoadedModel,
-        inputs: Any,
-        params: GenerationParams,
-        request: Request | None = None,
-        on_token: TokenCallback | None = None,
-        admitted: bool = False,
-    ) -> DecodeResult:
-        """Decode in the engine; cancels the sequence on timeout or client disconnect."""
-        generation, abandon = self.start_decode(service, loaded, inputs, params, on_token, admitted)
-        return await self.await_decode(service, generation, abandon, request)
-
     async def await_decode(
         self, service: TaskService, generation: asyncio.Future, abandon: Callable[[], None], request: Request | None
     ) -> DecodeResult:
@@ -224,12 +210,12 @@ class Inference:
         service = self.service(task)
         with (pinned or service.loaded).lease() as loaded:
             inputs = await self.admitted_preprocess(service, loaded, data, content_type, params)
+            parts = inputs.parts if isinstance(inputs, Segments) else [inputs]
+            generations, abandon = self.start_parts(service, loaded, parts, params)
+            results = await self.await_decode(service, all_or_abandon(generations, abandon), abandon, request)
             if isinstance(inputs, Segments):
-                generations, abandon = self.start_parts(service, loaded, inputs.parts, params)
-                results = await self.await_decode(service, all_or_abandon(generations, abandon), abandon, request)
                 return self.join(service, loaded, results, params, inputs)
-            result = await self.decode(service, loaded, inputs, params, request, admitted=True)
-            return self.postprocess(service, loaded, result, params, inputs)
+            return self.postprocess(service, loaded, results[0], params, inputs)
 
     def start_parts(
         self,
@@ -243,6 +229,8 @@ class Inference:
         decode side by side: the first in the request's admitted place, the others as they fit
         the queue. Returns their futures and one function that abandons them all."""
         started: list[tuple[asyncio.Future, Callable[[], None]]] = []
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.segments.labels(service.name).observe(len(parts))
 
         def abandon() -> None:
             for _, stop in started:

@@ -20,3 +20,4 @@ class ServerMetrics:
         self.decode_batch = Histogram("mmserve_decode_batch_size", "Sequences per decoder step", ["task"], buckets=BATCH_BUCKETS, registry=r)
         self.tokens = Counter("mmserve_generated_tokens", "Tokens emitted", ["task"], registry=r)
         self.rejected = Counter("mmserve_rejected", "Requests shed because the queue was full", ["task"], registry=r)
+        self.segments = Histogram("mmserve_input_segments", "Parts a request's input was cut into (1: whole)", ["task"], buckets=BATCH_BUCKETS, registry=r)

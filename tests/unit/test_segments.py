@@ -52,3 +52,13 @@ def test_v2_infer_joins_the_parts(client):
     out = client.post("/v2/models/parts/infer", json=body).json()
     text = next(o for o in out["outputs"] if o["name"] == "TEXT_OUT")["data"][0]
     assert text == "X YZ"
+
+
+def test_metrics_count_the_parts_of_each_request(client):
+    client.post("/v1/parts", content=b"a|b|c|d|e", headers=TEXT)
+    client.post("/v1/parts", content=b"whole", headers=TEXT)
+    text = client.get("/metrics").text
+    assert 'mmserve_input_segments_bucket{le="1.0",task="parts"}' in text
+    count = next(line for line in text.splitlines() if line.startswith('mmserve_input_segments_count{task="parts"}'))
+    total = next(line for line in text.splitlines() if line.startswith('mmserve_input_segments_sum{task="parts"}'))
+    assert float(count.split()[-1]) >= 2 and float(total.split()[-1]) >= 6  # 5 parts + 1 whole, at least
