@@ -171,9 +171,10 @@ train-speech: install
 		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=105 --set eval_every=400 \
 		--set curriculum_epochs=0
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
-	# by beam WER on the val clips (plugins/speech/README.md)
+	# by beam WER on the val clips, features normalised on the speech (plugins/speech/README.md)
 	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
-	$(BIN)/python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights --ctc-weights 0.3 0.4 --lm-weights 0 0.1 0.2 --write
+	$(BIN)/python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights --ctc-weights 0.3 0.4 --lm-weights 0 0.1 0.2 \
+		--stats-margin-s 0.2 --write
 
 eval-speech: install
 	$(BIN)/python -m pip install --quiet -e '.[eval]'

@@ -26,7 +26,7 @@ from mmserve.plugins.speech.data import (
 )
 from mmserve.plugins.speech.features import LogMel
 from mmserve.plugins.speech.model import ListenAttendSpell, SpeechBatch
-from mmserve.plugins.speech.segment import segment_bounds
+from mmserve.plugins.speech.segment import speech_parts
 from mmserve.plugins.speech.task import SpeechTask
 from mmserve.plugins.speech.text import decode_chars, normalize_text
 from mmserve.plugins.tracking import RunLogger
@@ -90,19 +90,29 @@ def long_recordings(clips: SpeechClips, per_recording: int, seed: int = 0) -> li
     return out
 
 
-def transcribe_long(model: ListenAttendSpell, recordings: Sequence[np.ndarray], max_s: float, min_s: float, beam_size: int,
-                    progress: bool = False) -> list[str]:  # fmt: skip
-    """Transcripts of long recordings as the server makes them: cut at their pauses
-    (segment.py), each segment decoded on its own, the texts joined."""
-    featurizer = LogMel(model.config.features)
-    rate = model.config.features.sample_rate
-    parts, owners = [], []
-    for index, wave in enumerate(recordings):
-        for start, end in segment_bounds(wave, rate, max_s, min_s):
-            parts.append(featurizer(torch.from_numpy(wave[start:end])))
-            owners.append(index)
-    texts = transcribe(model, parts, beam_size=beam_size, progress=progress, desc="long recordings")
-    return [" ".join(t for t, o in zip(texts, owners) if o == index and t) for index in range(len(recordings))]
+class ServedParts:
+    """Waveforms as the server takes them apart (segment.py's speech_parts with the speech
+    task's settings): the features of every part and the waveform each came from, so that
+    a decoder's transcripts of the parts join back into one per waveform."""
+
+    def __init__(self, model: ListenAttendSpell, waves: Sequence[np.ndarray], progress: bool = False, desc: str = "features"):
+        featurizer = LogMel(model.config.features)
+        rate = model.config.features.sample_rate
+        task = SpeechTask
+        self.features: list[torch.Tensor] = []
+        self.owners: list[int] = []
+        self.count = len(waves)
+        for index, wave in enumerate(tqdm(waves, desc=desc, disable=not progress, leave=False)):
+            for start, end in speech_parts(wave, rate, task.segment_max_s, task.segment_min_s, task.keep_silence_s):
+                self.features.append(featurizer(torch.from_numpy(np.ascontiguousarray(wave[start:end]))))
+                self.owners.append(index)
+
+    def join(self, texts: Sequence[str]) -> list[str]:
+        joined: list[list[str]] = [[] for _ in range(self.count)]
+        for text, owner in zip(texts, self.owners):
+            if text:
+                joined[owner].append(text)
+        return [" ".join(words) for words in joined]
 
 
 def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features",
@@ -215,7 +225,7 @@ def evaluate_artifact(
     same clips for a fair comparison."""
     model = load_speech_model(artifact_dir, device)
     clips = artifact_clips(artifact_dir, "test", progress)
-    features = clip_features(clips, LogMel(model.config.features))
+    parts = ServedParts(model, [clips.wave(i) for i in range(len(clips))])
     texts = [clips.text(i) for i in range(len(clips))]
     weight, configured_lm_weight = model.config.ctc_decode_weight, model.config.lm_weight
     lm_weight = configured_lm_weight if model.lm is not None else 0.0
@@ -233,22 +243,21 @@ def evaluate_artifact(
     for name, beam, run_weight, run_lm_weight in runs:
         model.config.ctc_decode_weight, model.config.lm_weight = run_weight, run_lm_weight
         started = time.monotonic()
-        hyps[name] = transcribe(model, features, beam_size=beam, progress=progress, desc=name)
+        hyps[name] = parts.join(transcribe(model, parts.features, beam_size=beam, progress=progress, desc=name))
         seconds = time.monotonic() - started
         rates = error_rates(texts, hyps[name])
         metrics.update({f"{name}_wer": rates["wer"], f"{name}_cer": rates["cer"], f"{name}_rtf": seconds / audio_s})
     model.config.ctc_decode_weight, model.config.lm_weight = weight, configured_lm_weight
     # Robustness: the same clips with half a second of their own background before and after
     # (real recordings rarely start and end at the speech), served decoding.
-    featurizer = LogMel(model.config.features)
-    padded = [featurizer(torch.from_numpy(pad_with_background(clips.wave(i), SILENCE_PAD_S, seed=i))) for i in range(len(clips))]
-    hyps["beam_padded"] = transcribe(model, padded, beam_size=BEAM_SIZE, progress=progress, desc="beam, padded")
+    padded = ServedParts(model, [pad_with_background(clips.wave(i), SILENCE_PAD_S, seed=i) for i in range(len(clips))])
+    hyps["beam_padded"] = padded.join(transcribe(model, padded.features, beam_size=BEAM_SIZE, progress=progress, desc="beam, padded"))
     rates = error_rates(texts, hyps["beam_padded"])
     metrics.update({"beam_wer_silence_padded": rates["wer"], "beam_cer_silence_padded": rates["cer"]})
     # Long uploads: 4 test clips in one recording, cut and joined as the server does.
     recordings = long_recordings(clips, min(LONG_FORM_CLIPS, len(clips)))
-    joined = transcribe_long(model, [w for w, _ in recordings], SpeechTask.segment_max_s, SpeechTask.segment_min_s,
-                             BEAM_SIZE, progress)  # fmt: skip
+    long_parts = ServedParts(model, [w for w, _ in recordings])
+    joined = long_parts.join(transcribe(model, long_parts.features, beam_size=BEAM_SIZE, progress=progress, desc="long recordings"))
     rates = error_rates([t for _, t in recordings], joined)
     metrics.update({"beam_wer_long_form": rates["wer"], "beam_cer_long_form": rates["cer"],
                     "long_form_recordings": float(len(recordings))})  # fmt: skip
@@ -260,7 +269,7 @@ def evaluate_artifact(
             metrics.update({f"{name}_wer_{group}": rates["wer"], f"{name}_cer_{group}": rates["cer"]})
     metrics.update({f"clips_{group}": float(novelty.count(group)) for group in sorted(set(novelty))})
     if model.ctc is not None:
-        hyps["ctc_greedy"] = ctc_transcribe(model, features)
+        hyps["ctc_greedy"] = parts.join(ctc_transcribe(model, parts.features))
         rates = error_rates(texts, hyps["ctc_greedy"])
         metrics.update({"ctc_greedy_wer": rates["wer"], "ctc_greedy_cer": rates["cer"]})
     limit = min(pocketsphinx_clip_count() if pocketsphinx_clips is None else pocketsphinx_clips, len(clips))

@@ -13,7 +13,7 @@ from mmserve.plugins.errors import InputError
 from mmserve.plugins.media import decode_audio
 from mmserve.plugins.media.audio import MAX_SAMPLE_RATE
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
-from mmserve.plugins.speech.segment import segment_bounds
+from mmserve.plugins.speech.segment import speech_parts
 from mmserve.plugins.task import InputLimits, Segments
 
 CONTENT_TYPES = (
@@ -48,17 +48,20 @@ def audio_bytes_to_features(data: bytes, content_type: str | None, config: Featu
 
 
 def audio_bytes_to_segments(
-    data: bytes, content_type: str | None, config: FeatureConfig, limits: InputLimits, max_s: float, min_s: float
+    data: bytes, content_type: str | None, config: FeatureConfig, limits: InputLimits, max_s: float, min_s: float,
+    keep_silence_s: float,
 ) -> torch.Tensor | Segments:
-    """Features [T, n_mels] of an upload of at most `max_s` seconds; a longer one cut at its
-    quietest moments into Segments of such features (segment.py), each normalised on its own as
-    a short clip would be."""
+    """Features [T, n_mels] of an upload of at most `max_s` seconds with at most `keep_silence_s`
+    of silence before and after its speech; a longer one cut at its quietest moments into
+    Segments of such features (segment.py's speech_parts), each normalised on its own as a short
+    clip would be. Segments also when one part starts after the upload does, so that word times
+    stay on the upload's clock."""
     wave = decode_upload(data, content_type, config, limits)
-    bounds = segment_bounds(wave.numpy(), config.sample_rate, max_s, min_s)
-    if len(bounds) == 1:
+    parts = speech_parts(wave.numpy(), config.sample_rate, max_s, min_s, keep_silence_s)
+    if parts == [(0, len(wave))]:
         return featurize(wave, config)
-    return Segments([featurize(wave[start:end], config) for start, end in bounds],
-                    [start / config.sample_rate for start, _ in bounds])  # fmt: skip
+    return Segments([featurize(wave[start:end], config) for start, end in parts],
+                    [start / config.sample_rate for start, _ in parts])  # fmt: skip
 
 
 def waveform_to_wav(samples: np.ndarray, parameters: dict[str, Any] | None, default_rate: int) -> bytes:

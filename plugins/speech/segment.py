@@ -57,6 +57,36 @@ def segment_bounds(wave: np.ndarray, sample_rate: int, max_s: float, min_s: floa
     return bounds
 
 
+def speech_parts(wave: np.ndarray, sample_rate: int, max_s: float, min_s: float, keep_silence_s: float) -> list[tuple[int, int]]:
+    """[start, end) sample ranges to transcribe: the segments of segment_bounds, each less the
+    silence before and after its speech beyond `keep_silence_s`, and none that holds no speech
+    (judged against the whole recording's noise floor; see speech_frames). The model learned
+    from clips that start and end near the speech: half a second of background before and after
+    a test clip nearly doubled its errors (plugins/speech/README.md). A recording with no speech
+    at all is one part, whole, so that it still gets its (empty) transcript."""
+    frame = max(1, int(FRAME_S * sample_rate))
+    loud = speech_frames(frame_levels(wave, sample_rate))
+    keep = int(keep_silence_s * sample_rate)
+    parts = []
+    for start, end in segment_bounds(wave, sample_rate, max_s, min_s):
+        inside = np.flatnonzero(loud[start // frame : -(-end // frame)]) + start // frame
+        if len(inside):
+            parts.append((max(start, int(inside[0]) * frame - keep), min(end, (int(inside[-1]) + 1) * frame + keep)))
+    return parts or [(0, len(wave))]
+
+
+def speech_frames(levels: np.ndarray, above_floor_db: float = 6.0, smooth_frames: int = 3) -> np.ndarray:
+    """Which frames hold speech: where the level, smoothed over `smooth_frames` frames, is
+    `above_floor_db` over the noise floor (the quietest tenth of frames). None under
+    `2 * smooth_frames` frames: too few to tell speech from floor."""
+    if len(levels) < 2 * smooth_frames:
+        return np.zeros(len(levels), dtype=bool)
+    # edge-padded: np.convolve's zeros would read as loud (0 dB) at both ends
+    padded = np.pad(levels, (smooth_frames // 2, smooth_frames - 1 - smooth_frames // 2), mode="edge")
+    smooth = np.convolve(padded, np.ones(smooth_frames) / smooth_frames, mode="valid")
+    return smooth > np.percentile(levels, 10) + above_floor_db
+
+
 def pause_middles(levels: np.ndarray, min_frames: int, above_floor_db: float = 6.0) -> list[int]:
     """The middle frame of every run of at least `min_frames` frames within `above_floor_db`
     of the recording's noise floor (its quietest tenth of frames)."""
@@ -70,3 +100,15 @@ def pause_middles(levels: np.ndarray, min_frames: int, above_floor_db: float = 6
                 middles.append((run_start + i) // 2)
             run_start = None
     return middles
+
+
+def speech_span(wave: np.ndarray, sample_rate: int, margin_s: float) -> tuple[int, int]:
+    """[start, end) of the waveform less the quiet stretches before its first and after its
+    last speech (speech_frames), `margin_s` of them kept; the whole waveform when no frame
+    stands out from its floor."""
+    frame = max(1, int(FRAME_S * sample_rate))
+    loud = np.flatnonzero(speech_frames(frame_levels(wave, sample_rate)))
+    if len(loud) == 0:
+        return 0, len(wave)
+    margin = int(margin_s * sample_rate)
+    return max(0, int(loud[0]) * frame - margin), min(len(wave), (int(loud[-1]) + 1) * frame + margin)

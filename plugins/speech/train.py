@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "init_from": "",
     # features and model
     "n_mels": 40,
+    "stats_margin_s": -1.0,  # normalise features on the speech +- this many seconds (features.py); < 0: on the whole clip
     "conv_channels": 8,
     "conv_dim": 96,
     "listener_hidden": 64,
@@ -131,7 +132,8 @@ def build_model(s: dict[str, Any]) -> ListenAttendSpell:
         hidden_dim=s["speller_hidden"], attn_dim=s["attn_dim"], cell="lstm", num_layers=1,
         dropout=s["dropout"], attention="location",
     )  # fmt: skip
-    return ListenAttendSpell(SpeechConfig(FeatureConfig(n_mels=s["n_mels"]), listener, decoder), vocab)
+    features = FeatureConfig(n_mels=s["n_mels"], stats_margin_s=s["stats_margin_s"] if s["stats_margin_s"] >= 0 else None)
+    return ListenAttendSpell(SpeechConfig(features, listener, decoder), vocab)
 
 
 def grow_from(model: ListenAttendSpell, trained: ListenAttendSpell) -> None:

@@ -2,9 +2,10 @@
 the CTC weight of joint decoding and the LM weight of shallow fusion, by beam-search WER.
 
     python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights \\
-        --ctc-weights 0.3 --lm-weights 0 0.2 0.4 0.6 --write
+        --ctc-weights 0.3 --lm-weights 0 0.2 0.4 0.6 --stats-margin-s 0.2 --write
 
-prints WER / CER for every pair and, with --write, stores the best pair in config.json.
+prints WER / CER for every pair and, with --write, stores the best pair in config.json (and
+--stats-margin-s, the features' normalisation setting it was tuned with; features.py).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from pathlib import Path
 import torch
 
 from mmserve.plugins.speech.checkpoint import load_speech_model
-from mmserve.plugins.speech.evaluate import BEAM_SIZE, artifact_clips, clip_features, error_rates, transcribe
-from mmserve.plugins.speech.features import LogMel
+from mmserve.plugins.speech.evaluate import BEAM_SIZE, ServedParts, artifact_clips, error_rates, transcribe
 from mmserve.plugins.speech.model import ListenAttendSpell
 
 
-def val_features(artifact_dir: Path, model: ListenAttendSpell) -> tuple[list[torch.Tensor], list[str]]:
+def val_parts(artifact_dir: Path, model: ListenAttendSpell) -> tuple[ServedParts, list[str]]:
+    """The val clips as the server takes them apart, and their transcripts."""
     clips = artifact_clips(artifact_dir, "val")
-    return clip_features(clips, LogMel(model.config.features)), [clips.text(i) for i in range(len(clips))]
+    return ServedParts(model, [clips.wave(i) for i in range(len(clips))]), [clips.text(i) for i in range(len(clips))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,17 +34,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctc-weights", type=float, nargs="+", default=None, help="default: the artifact's")
     parser.add_argument("--lm-weights", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
     parser.add_argument("--beam", type=int, default=BEAM_SIZE)
+    parser.add_argument("--stats-margin-s", type=float, default=None,
+                        help="normalise features on the speech +- this many seconds (default: the artifact's setting)")
     parser.add_argument("--write", action="store_true", help="store the best weights in config.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_speech_model(args.model_dir)
     assert model.lm is not None or args.lm_weights == [0.0], f"{args.model_dir} has no LM (python -m mmserve.plugins.speech.lm)"
-    features, texts = val_features(args.model_dir, model)
+    if args.stats_margin_s is not None:
+        model.config.features.stats_margin_s = args.stats_margin_s
+    parts, texts = val_parts(args.model_dir, model)
     ctc_weights = args.ctc_weights or [model.config.ctc_decode_weight]
     results = []
     for ctc_weight, lm_weight in itertools.product(ctc_weights, args.lm_weights):
         model.config.ctc_decode_weight, model.config.lm_weight = ctc_weight, lm_weight
-        rates = error_rates(texts, transcribe(model, features, beam_size=args.beam))
+        rates = error_rates(texts, parts.join(transcribe(model, parts.features, beam_size=args.beam)))
         results.append((rates["wer"], rates["cer"], ctc_weight, lm_weight))
         print(f"ctc {ctc_weight:.2f}  lm {lm_weight:.2f}  val beam WER {rates['wer']:.2%}  CER {rates['cer']:.2%}", flush=True)
     wer, cer, ctc_weight, lm_weight = min(results)
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         path = args.model_dir / "config.json"
         config = json.loads(path.read_text())
         config.update(ctc_decode_weight=ctc_weight, lm_weight=lm_weight)
+        config["features"] = model.config.features.to_dict()
         path.write_text(json.dumps(config, indent=2))
 
 

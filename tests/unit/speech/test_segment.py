@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmserve.plugins.speech.segment import segment_bounds
+from mmserve.plugins.speech.segment import segment_bounds, speech_parts, speech_span
 from mmserve.plugins.speech.task import SpeechTask, block_diagonal
 from mmserve.plugins.task import Segments
 
@@ -109,3 +109,61 @@ def test_the_segment_length_is_a_task_setting(tmp_path):
     assert isinstance(whole, torch.Tensor)  # 10.2 s is under the configured 30 s: not cut
     cut = SpeechTask().preprocess(data, "audio/wav", tiny_model(), Settings(data_dir=tmp_path).task_input_limits("speech"))
     assert isinstance(cut, Segments)
+
+
+def with_quiet_edges(wave: np.ndarray, before_s: float, after_s: float, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    quiet = [rng.standard_normal(int(s * RATE)).astype(np.float32) * 0.003 for s in (before_s, after_s)]
+    return np.concatenate([quiet[0], wave, quiet[1]])
+
+
+def test_speech_span_keeps_the_speech_and_a_margin_of_silence():
+    talk, _ = speech_with_pauses([1.0, 1.0], 0.3)
+    wave = with_quiet_edges(talk, 1.5, 2.0)
+    start, end = speech_span(wave, RATE, margin_s=0.2)
+    assert abs(start / RATE - 1.3) < 0.05 and abs((len(wave) - end) / RATE - 1.8) < 0.05
+    assert speech_span(talk, RATE, margin_s=0.2) == (0, len(talk))  # no silence to cut
+    silence = with_quiet_edges(np.zeros(0, np.float32), 1.0, 1.0)
+    assert speech_span(silence, RATE, margin_s=0.2) == (0, len(silence))  # nothing louder than its floor
+    assert speech_span(talk[:500], RATE, margin_s=0.2) == (0, 500)  # too short to judge
+
+
+def test_speech_parts_cut_long_silences_and_cover_every_talk():
+    talk, _ = speech_with_pauses([3.0, 2.5, 3.0], 2.0)  # two-second pauses
+    wave = with_quiet_edges(talk, 1.5, 1.5)
+    parts = speech_parts(wave, RATE, max_s=5.0, min_s=1.5, keep_silence_s=0.5)
+    assert len(parts) == 3
+    loud = np.abs(wave) > 0.05
+    for start, end in parts:  # at most ~0.5 s of silence before and after the talk of each
+        assert loud[start : start + int(0.6 * RATE)].any() and loud[end - int(0.6 * RATE) : end].any()
+    assert loud[: parts[0][0]].sum() == 0 and loud[parts[-1][1] :].sum() == 0  # no talk left out
+
+
+def test_a_short_upload_with_leading_silence_keeps_its_clock():
+    from mmserve.plugins.speech.preprocess import waveform_to_wav
+    from mmserve.plugins.task import InputLimits
+    from tests.unit.speech.test_speech import tiny_model
+
+    talk, _ = speech_with_pauses([1.5], 0.0)
+    data = waveform_to_wav(with_quiet_edges(talk, 1.5, 0.2), {"sample_rate": RATE}, RATE)
+    inputs = SpeechTask().preprocess(data, "audio/wav", tiny_model(), InputLimits())
+    assert isinstance(inputs, Segments) and len(inputs.parts) == 1
+    assert abs(inputs.starts[0] - (1.5 - SpeechTask.keep_silence_s)) < 0.05  # word times stay on the upload's clock
+
+
+def test_features_can_be_normalised_on_the_speech_alone():
+    from mmserve.plugins.speech.features import FeatureConfig, LogMel
+
+    talk, _ = speech_with_pauses([1.0, 1.0], 0.3)
+    talk = talk * np.random.default_rng(0).uniform(0.5, 1.5, len(talk)).astype(np.float32)
+    padded = with_quiet_edges(talk, 1.0, 1.0)
+    lead = int(1.0 * RATE) // 160
+    whole = LogMel(FeatureConfig(n_mels=16))
+    on_speech = LogMel(FeatureConfig(n_mels=16, stats_margin_s=0.0))
+    reference = whole(torch.from_numpy(talk))[5:-5]
+    core = slice(lead + 5, lead + 5 + len(reference))
+    # the silence around the talk moves whole-utterance statistics; the speech's own do not
+    assert (on_speech(torch.from_numpy(padded))[core] - reference).abs().mean() < 0.1
+    assert (whole(torch.from_numpy(padded))[core] - reference).abs().mean() > 0.3
+    # unset, the setting stays out of the config (and of the feature cache's key)
+    assert "stats_margin_s" not in FeatureConfig().to_dict() and FeatureConfig(stats_margin_s=0.2).to_dict()["stats_margin_s"] == 0.2

@@ -68,6 +68,14 @@ def test_log_mel_shape_and_per_utterance_normalisation():
     torch.testing.assert_close(feats.std(dim=0), torch.ones(40), atol=1e-3, rtol=0)
 
 
+def test_a_model_can_normalise_its_features_on_the_speech(tmp_path):
+    assert tiny_model().config.features.stats_margin_s is None  # the whole clip, as before
+    model = build_model(resolve_settings({**TINY, "stats_margin_s": 0.2}))
+    assert model.config.features.stats_margin_s == 0.2
+    save_speech_model(model, tmp_path, {})
+    assert load_speech_model(tmp_path).config.features.stats_margin_s == 0.2
+
+
 def test_listener_shortens_time_eightfold_and_batches_like_one_by_one():
     model = tiny_model()
     feats = random_features([83, 40, 17, 1])
