@@ -61,10 +61,12 @@ class Segments:
     minute of speech): each of `parts` (what preprocess returns for a short input) is decoded
     as a sequence of its own, side by side with the others, and `Task.join_segments` makes one
     answer of their answers, in order. `starts`: where each part begins in the input (seconds,
-    for audio)."""
+    for audio); `length`: the whole input's, when the parts may leave some of it out (e.g.
+    silence), else None."""
 
     parts: list[Any]
     starts: list[float]
+    length: float | None = None
 
     def __post_init__(self) -> None:
         assert self.parts and len(self.parts) == len(self.starts), "one start per part, at least one part"

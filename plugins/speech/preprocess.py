@@ -61,7 +61,7 @@ def audio_bytes_to_segments(
     if parts == [(0, len(wave))]:
         return featurize(wave, config)
     return Segments([featurize(wave[start:end], config) for start, end in parts],
-                    [start / config.sample_rate for start, _ in parts])  # fmt: skip
+                    [start / config.sample_rate for start, _ in parts], len(wave) / config.sample_rate)  # fmt: skip
 
 
 def waveform_to_wav(samples: np.ndarray, parameters: dict[str, Any] | None, default_rate: int) -> bytes:

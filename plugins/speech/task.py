@@ -80,7 +80,8 @@ class SpeechTask(Task):
             joined["words"] += [{**w, "start": round(w["start"] + start, 3), "end": round(w["end"] + start, 3)}
                                 for w in output["words"]]  # fmt: skip
         if all("duration" in o for o in outputs):
-            joined["duration"] = round(segments.starts[-1] + outputs[-1]["duration"], 3)
+            end = segments.starts[-1] + outputs[-1]["duration"]
+            joined["duration"] = round(max(end, segments.length or 0.0), 3)
             joined["segments"] = [{"start": round(start, 3), "end": round(start + o["duration"], 3), "text": o["text"]}
                                   for o, start in zip(outputs, segments.starts) if o["text"]]  # fmt: skip
         if all("attention" in o for o in outputs):

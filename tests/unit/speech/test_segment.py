@@ -149,6 +149,9 @@ def test_a_short_upload_with_leading_silence_keeps_its_clock():
     inputs = SpeechTask().preprocess(data, "audio/wav", tiny_model(), InputLimits())
     assert isinstance(inputs, Segments) and len(inputs.parts) == 1
     assert abs(inputs.starts[0] - (1.5 - SpeechTask.keep_silence_s)) < 0.05  # word times stay on the upload's clock
+    assert inputs.length == (len(talk) + int(1.7 * RATE)) / RATE  # so the answer's duration is the upload's
+    output = {"text": "", "tokens": [], "score": 0.0, "words": [], "duration": 1.0}
+    assert SpeechTask().join_segments([output], inputs)["duration"] == round(inputs.length, 3)
 
 
 def test_features_can_be_normalised_on_the_speech_alone():
