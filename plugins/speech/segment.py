@@ -67,12 +67,17 @@ def speech_parts(wave: np.ndarray, sample_rate: int, max_s: float, min_s: float,
     frame = max(1, int(FRAME_S * sample_rate))
     loud = speech_frames(frame_levels(wave, sample_rate))
     keep = int(keep_silence_s * sample_rate)
-    parts = []
-    for start, end in segment_bounds(wave, sample_rate, max_s, min_s):
-        inside = np.flatnonzero(loud[start // frame : -(-end // frame)]) + start // frame
-        if len(inside):
-            parts.append((max(start, int(inside[0]) * frame - keep), min(end, (int(inside[-1]) + 1) * frame + keep)))
-    return parts or [(0, len(wave))]
+    parts = [_around_speech(loud, start, end, frame, keep) for start, end in segment_bounds(wave, sample_rate, max_s, min_s)]
+    return [part for part in parts if part is not None] or [(0, len(wave))]
+
+
+def _around_speech(loud: np.ndarray, start: int, end: int, frame: int, keep: int) -> tuple[int, int] | None:
+    """[start, end) narrowed to its first to last speech frame and `keep` samples either side;
+    None when it holds no speech frame."""
+    inside = np.flatnonzero(loud[start // frame : -(-end // frame)]) + start // frame
+    if len(inside) == 0:
+        return None
+    return max(start, int(inside[0]) * frame - keep), min(end, (int(inside[-1]) + 1) * frame + keep)
 
 
 def speech_frames(levels: np.ndarray, above_floor_db: float = 6.0, smooth_frames: int = 3) -> np.ndarray:
@@ -107,8 +112,5 @@ def speech_span(wave: np.ndarray, sample_rate: int, margin_s: float) -> tuple[in
     last speech (speech_frames), `margin_s` of them kept; the whole waveform when no frame
     stands out from its floor."""
     frame = max(1, int(FRAME_S * sample_rate))
-    loud = np.flatnonzero(speech_frames(frame_levels(wave, sample_rate)))
-    if len(loud) == 0:
-        return 0, len(wave)
-    margin = int(margin_s * sample_rate)
-    return max(0, int(loud[0]) * frame - margin), min(len(wave), (int(loud[-1]) + 1) * frame + margin)
+    loud = speech_frames(frame_levels(wave, sample_rate))
+    return _around_speech(loud, 0, len(wave), frame, int(margin_s * sample_rate)) or (0, len(wave))
