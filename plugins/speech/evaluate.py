@@ -97,8 +97,7 @@ class ServedParts:
 
     def __init__(self, model: ListenAttendSpell, waves: Sequence[np.ndarray], progress: bool = False, desc: str = "features"):
         featurizer = LogMel(model.config.features)
-        rate = model.config.features.sample_rate
-        task = SpeechTask
+        rate, task = model.config.features.sample_rate, SpeechTask
         self.features: list[torch.Tensor] = []
         self.owners: list[int] = []
         self.count = len(waves)
@@ -108,11 +107,12 @@ class ServedParts:
                 self.owners.append(index)
 
     def join(self, texts: Sequence[str]) -> list[str]:
+        """One transcript per waveform from its parts' (in order), joined as the server joins them."""
         joined: list[list[str]] = [[] for _ in range(self.count)]
         for text, owner in zip(texts, self.owners):
             if text:
                 joined[owner].append(text)
-        return [" ".join(words) for words in joined]
+        return [SpeechTask.segment_separator.join(words) for words in joined]
 
 
 def clip_features(clips: SpeechClips, featurizer: LogMel, progress: bool = False, desc: str = "features",

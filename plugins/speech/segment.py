@@ -4,7 +4,9 @@ The speller learned from clips of one sentence, a few seconds long; on a minute 
 attention loses its place. A long upload is cut in its pauses (as a sentence per segment), and
 a stretch of speech still longer than `max_s` seconds at its quietest moments.
 The segments are decoded side by side (they batch in the engine like separate requests) and
-their transcripts joined, with word times moved to the recording's clock (task.py).
+their transcripts joined, with word times moved to the recording's clock (task.py). Every
+part, a short upload too, loses the silence before and after its speech beyond a margin
+(speech_parts), and features can be normalised on the speech alone (speech_span, features.py).
 """
 
 from __future__ import annotations
@@ -80,6 +82,15 @@ def _around_speech(loud: np.ndarray, start: int, end: int, frame: int, keep: int
     return max(start, int(inside[0]) * frame - keep), min(end, (int(inside[-1]) + 1) * frame + keep)
 
 
+def speech_span(wave: np.ndarray, sample_rate: int, margin_s: float) -> tuple[int, int]:
+    """[start, end) of the waveform less the quiet stretches before its first and after its
+    last speech (speech_frames), `margin_s` of them kept; the whole waveform when no frame
+    stands out from its floor."""
+    frame = max(1, int(FRAME_S * sample_rate))
+    loud = speech_frames(frame_levels(wave, sample_rate))
+    return _around_speech(loud, 0, len(wave), frame, int(margin_s * sample_rate)) or (0, len(wave))
+
+
 def speech_frames(levels: np.ndarray, above_floor_db: float = 6.0, smooth_frames: int = 3) -> np.ndarray:
     """Which frames hold speech: where the level, smoothed over `smooth_frames` frames, is
     `above_floor_db` over the noise floor (the quietest tenth of frames). None under
@@ -89,13 +100,13 @@ def speech_frames(levels: np.ndarray, above_floor_db: float = 6.0, smooth_frames
     # edge-padded: np.convolve's zeros would read as loud (0 dB) at both ends
     padded = np.pad(levels, (smooth_frames // 2, smooth_frames - 1 - smooth_frames // 2), mode="edge")
     smooth = np.convolve(padded, np.ones(smooth_frames) / smooth_frames, mode="valid")
-    return smooth > np.percentile(levels, 10) + above_floor_db
+    return smooth > floor_threshold(levels, above_floor_db)
 
 
 def pause_middles(levels: np.ndarray, min_frames: int, above_floor_db: float = 6.0) -> list[int]:
     """The middle frame of every run of at least `min_frames` frames within `above_floor_db`
     of the recording's noise floor (its quietest tenth of frames)."""
-    quiet = levels < np.percentile(levels, 10) + above_floor_db
+    quiet = levels < floor_threshold(levels, above_floor_db)
     middles, run_start = [], None
     for i, is_quiet in enumerate(np.append(quiet, False)):
         if is_quiet and run_start is None:
@@ -107,10 +118,6 @@ def pause_middles(levels: np.ndarray, min_frames: int, above_floor_db: float = 6
     return middles
 
 
-def speech_span(wave: np.ndarray, sample_rate: int, margin_s: float) -> tuple[int, int]:
-    """[start, end) of the waveform less the quiet stretches before its first and after its
-    last speech (speech_frames), `margin_s` of them kept; the whole waveform when no frame
-    stands out from its floor."""
-    frame = max(1, int(FRAME_S * sample_rate))
-    loud = speech_frames(frame_levels(wave, sample_rate))
-    return _around_speech(loud, 0, len(wave), frame, int(margin_s * sample_rate)) or (0, len(wave))
+def floor_threshold(levels: np.ndarray, above_floor_db: float) -> float:
+    """`above_floor_db` over the recording's noise floor: the level of its quietest tenth of frames."""
+    return float(np.percentile(levels, 10)) + above_floor_db
