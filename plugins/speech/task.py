@@ -51,6 +51,7 @@ class SpeechTask(Task):
     # on the 200 val clips as they are and with half a second of their background before and
     # after (stage-10 model, greedy WER, features normalised on the speech +- 0.2 s): 0.3 s
     # 48.5 / 70.6 %, 0.4 s 47.4 / 70.8 %, 0.5 s 47.1 / 74.3 %, uncut 46.8 / 79.4 %.
+    # (`python -m mmserve.plugins.speech.tune --model-dir <stage 10> --stats-margin-s 0.2 --silence-report 0.3 0.4 0.5 1000`)
     keep_silence_s = 0.4
     segment_separator = " "
 

@@ -6,6 +6,13 @@ the CTC weight of joint decoding and the LM weight of shallow fusion, by beam-se
 
 prints WER / CER for every pair and, with --write, stores the best pair in config.json (and
 --stats-margin-s, the features' normalisation setting it was tuned with; features.py).
+
+    python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights \\
+        --silence-report 0.3 0.4 0.5 --stats-margin-s 0.2
+
+prints instead the greedy WER / CER on the val clips as they are and with half a second of
+their background before and after, for each silence kept around the speech (task.py's
+keep_silence_s; 1000 = nothing cut).
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ from pathlib import Path
 import torch
 
 from mmserve.plugins.speech.checkpoint import load_speech_model
-from mmserve.plugins.speech.evaluate import BEAM_SIZE, ServedParts, artifact_clips, error_rates, transcribe
+from mmserve.plugins.speech.evaluate import (
+    BEAM_SIZE,
+    SILENCE_PAD_S,
+    ServedParts,
+    artifact_clips,
+    error_rates,
+    pad_with_background,
+    transcribe,
+)
 from mmserve.plugins.speech.model import ListenAttendSpell
 
 
@@ -26,6 +41,21 @@ def val_parts(artifact_dir: Path, model: ListenAttendSpell) -> tuple[ServedParts
     """The val clips as the server takes them apart, and their transcripts."""
     clips = artifact_clips(artifact_dir, "val")
     return ServedParts(model, [clips.wave(i) for i in range(len(clips))]), [clips.text(i) for i in range(len(clips))]
+
+
+def silence_report(artifact_dir: Path, model: ListenAttendSpell, keeps: list[float]) -> None:
+    """Greedy val WER / CER, clips as they are and padded with background, per silence kept."""
+    clips = artifact_clips(artifact_dir, "val")
+    texts = [clips.text(i) for i in range(len(clips))]
+    clean = [clips.wave(i) for i in range(len(clips))]
+    padded = [pad_with_background(wave, SILENCE_PAD_S, seed=i) for i, wave in enumerate(clean)]
+    for keep in keeps:
+        row = []
+        for waves in (clean, padded):
+            parts = ServedParts(model, waves, keep_silence_s=keep)
+            rates = error_rates(texts, parts.join(transcribe(model, parts.features, beam_size=1)))
+            row.append(f"{rates['wer']:.2%} / {rates['cer']:.2%}")
+        print(f"keep {keep:g} s  val greedy WER / CER: as they are {row[0]}, padded {row[1]}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam", type=int, default=BEAM_SIZE)
     parser.add_argument("--stats-margin-s", type=float, default=None,
                         help="normalise features on the speech +- this many seconds (default: the artifact's setting)")
+    parser.add_argument("--silence-report", type=float, nargs="+", default=None, metavar="KEEP_S",
+                        help="only report greedy val WER per silence kept around the speech (see above)")
     parser.add_argument("--write", action="store_true", help="store the best weights in config.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -43,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     assert model.lm is not None or args.lm_weights == [0.0], f"{args.model_dir} has no LM (python -m mmserve.plugins.speech.lm)"
     if args.stats_margin_s is not None:
         model.config.features.stats_margin_s = args.stats_margin_s
+    if args.silence_report:
+        silence_report(args.model_dir, model, args.silence_report)
+        return
     parts, texts = val_parts(args.model_dir, model)
     ctc_weights = args.ctc_weights or [model.config.ctc_decode_weight]
     results = []

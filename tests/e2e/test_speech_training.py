@@ -87,13 +87,18 @@ def test_the_lm_and_the_decoding_weights_of_a_trained_artifact(tmp_path, capsys)
              "--test-clips", "3"])  # fmt: skip
     assert load_speech_model(result.artifact_dir).lm is not None
     tune.main(["--model-dir", str(result.artifact_dir), "--ctc-weights", "0.2", "0.6", "--lm-weights", "0", "0.5",
-               "--beam", "2", "--write"])  # fmt: skip
+               "--beam", "2", "--stats-margin-s", "0.2", "--write"])  # fmt: skip
     lines = [line for line in capsys.readouterr().out.splitlines() if "val beam WER" in line]
     assert len(lines) == 4  # every pair scored on the val clips
     written = json.loads((result.artifact_dir / "config.json").read_text())
     scored = [(float(line.split("WER ")[1].split("%")[0]), float(line.split("CER ")[1].split("%")[0]), line) for line in lines]
     best = min(scored)[2]  # by WER, then CER (a tiny model's WER ties at 100 %)
     assert f"ctc {written['ctc_decode_weight']:.2f}  lm {written['lm_weight']:.2f}" in best
+    assert written["features"]["stats_margin_s"] == 0.2  # the normalisation it was tuned with
+    tune.main(["--model-dir", str(result.artifact_dir), "--silence-report", "0.4", "1000"])
+    report = [line for line in capsys.readouterr().out.splitlines() if "val greedy WER" in line]
+    assert [line.split(" s ")[0] for line in report] == ["keep 0.4", "keep 1000"] and all("padded" in line for line in report)
+    assert json.loads((result.artifact_dir / "config.json").read_text()) == written  # a report writes nothing
 
 
 def test_the_evaluation_of_a_trained_artifact(tmp_path):
