@@ -183,16 +183,20 @@ def warp_frequencies(features: torch.Tensor, factor: float, fixed_top: float = 0
     return normalize_utterance(warped)
 
 
-def pad_edges(features: torch.Tensor, lead: int, trail: int, rng: random.Random, quiet_frames: int = 10) -> torch.Tensor:
+def pad_edges(features: torch.Tensor, lead: int, trail: int, rng: random.Random, quiet_frames: int = 10,
+              renormalise: bool = True) -> torch.Tensor:  # fmt: skip
     """`lead` and `trail` frames of the clip's own background put before and after it, then
     normalised again per utterance. The background is the clip's last `quiet_frames` frames
     (every synthetic clip ends in ~0.15-0.45 s of noise after espeak-ng's final pause), drawn
     in random order. Per-band normalisation is affine, so normalising the normalised frames again
-    gives what normalising the raw padded recording would. features [T, F] -> [lead + T + trail, F]."""
+    gives what normalising the raw padded recording would. Features normalised on the speech
+    alone (`stats_margin_s`) keep their statistics whatever background is added around it:
+    `renormalise=False` then pads and nothing else. features [T, F] -> [lead + T + trail, F]."""
     quiet = features[-min(quiet_frames, features.shape[0]) :]
     draw = [rng.randrange(quiet.shape[0]) for _ in range(lead + trail)]
     padding = quiet[torch.tensor(draw, dtype=torch.long)] if draw else quiet[:0]
-    return normalize_utterance(torch.cat([padding[:lead], features, padding[lead:]]))
+    padded = torch.cat([padding[:lead], features, padding[lead:]])
+    return normalize_utterance(padded) if renormalise else padded
 
 
 def augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -203,7 +207,7 @@ def augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> tu
     if s["edge_pad_seconds"] > 0 and rng.random() < s["edge_pad_prob"]:
         most = int(s["edge_pad_seconds"] * 100)  # 10 ms frames
         lead, trail = rng.randint(0, most), rng.randint(0, most)
-        features = pad_edges(features.float(), lead, trail, rng)
+        features = pad_edges(features.float(), lead, trail, rng, renormalise=s["stats_margin_s"] < 0)
     if s["freq_warp"] > 0:
         features = warp_frequencies(features.float(), rng.uniform(1 - s["freq_warp"], 1 + s["freq_warp"]))
     return spec_augment(features, rng, s), lead

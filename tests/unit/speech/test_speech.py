@@ -405,6 +405,22 @@ def test_pad_edges_is_padding_the_raw_recording_with_its_own_background():
     assert torch.equal(pad_edges(normalize_utterance(raw), 0, 0, random.Random(0)), normalize_utterance(normalize_utterance(raw)))
 
 
+def test_pad_edges_keeps_speech_only_statistics():
+    # Features normalised on the speech alone (stats_margin_s) keep their values when
+    # background is added outside the speech: the frames are padded, not normalised again.
+    feats = normalize_utterance(torch.randn(60, 8) * 3 + 5)
+    padded = pad_edges(feats, 7, 4, random.Random(0), renormalise=False)
+    assert padded.shape == (71, 8)
+    assert torch.equal(padded[7:67], feats)
+    tail = feats[-10:]
+    assert all(any(torch.equal(row, quiet) for quiet in tail) for row in torch.cat([padded[:7], padded[67:]]))
+    settings = {**resolve_settings({}), "edge_pad_seconds": 0.5, "edge_pad_prob": 1.0, "freq_masks": 0, "time_masks": 0}
+    augmented, lead = augment(feats, random.Random(5), {**settings, "stats_margin_s": 0.2})
+    assert torch.equal(augmented[lead : lead + 60], feats)
+    renormalised, lead = augment(feats, random.Random(5), settings)
+    assert not torch.equal(renormalised[lead : lead + 60], feats)
+
+
 def test_augment_pads_some_clips_and_says_where_the_speech_starts():
     feats = normalize_utterance(torch.randn(100, 40))
     settings = {**resolve_settings({}), "edge_pad_seconds": 0.5, "edge_pad_prob": 1.0, "freq_masks": 0, "time_masks": 0}
