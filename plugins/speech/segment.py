@@ -39,8 +39,7 @@ def segment_bounds(wave: np.ndarray, sample_rate: int, max_s: float, min_s: floa
     frame = max(1, int(FRAME_S * sample_rate))
     raw = frame_levels(wave, sample_rate)
     window = max(1, int(QUIET_WINDOW_S / FRAME_S))
-    # the mean level of the stretch of `window` frames centred on each frame
-    level = np.convolve(raw, np.ones(window) / window, mode="same")
+    level = moving_mean(raw, window)
     cuts = [c * frame for c in pause_middles(raw, int(min_pause_s / FRAME_S))]
     bounds, start = [], 0
     for cut in cuts + [total]:
@@ -97,10 +96,14 @@ def speech_frames(levels: np.ndarray, above_floor_db: float = 6.0, smooth_frames
     `2 * smooth_frames` frames: too few to tell speech from floor."""
     if len(levels) < 2 * smooth_frames:
         return np.zeros(len(levels), dtype=bool)
-    # edge-padded: np.convolve's zeros would read as loud (0 dB) at both ends
-    padded = np.pad(levels, (smooth_frames // 2, smooth_frames - 1 - smooth_frames // 2), mode="edge")
-    smooth = np.convolve(padded, np.ones(smooth_frames) / smooth_frames, mode="valid")
-    return smooth > floor_threshold(levels, above_floor_db)
+    return moving_mean(levels, smooth_frames) > floor_threshold(levels, above_floor_db)
+
+
+def moving_mean(levels: np.ndarray, window: int) -> np.ndarray:
+    """The mean level of the `window` frames centred on each frame, the first and last frames
+    repeated past the ends: np.convolve's zero padding would read as loud (0 dB) there."""
+    padded = np.pad(levels, (window // 2, window - 1 - window // 2), mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
 def pause_middles(levels: np.ndarray, min_frames: int, above_floor_db: float = 6.0) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmserve.plugins.speech.segment import segment_bounds, speech_parts, speech_span
+from mmserve.plugins.speech.segment import moving_mean, segment_bounds, speech_parts, speech_span
 from mmserve.plugins.speech.task import SpeechTask, block_diagonal
 from mmserve.plugins.task import Segments
 
@@ -29,6 +29,14 @@ def speech_with_pauses(talk_s: list[float], pause_s: float, seed: int = 0) -> tu
 def test_short_clips_stay_whole():
     wave, _ = speech_with_pauses([2.0, 2.0], 0.5)
     assert segment_bounds(wave, RATE, max_s=6.0, min_s=2.0) == [(0, len(wave))]
+
+
+def test_the_moving_mean_reads_the_edges_as_they_are():
+    # a constant level stays constant up to both ends (zero padding would read 0 dB, loud, there)
+    np.testing.assert_allclose(moving_mean(np.full(40, -60.0), 15), np.full(40, -60.0))
+    levels = np.arange(10, dtype=float)
+    np.testing.assert_allclose(moving_mean(levels, 3), [1 / 3, 1, 2, 3, 4, 5, 6, 7, 8, 26 / 3])
+    assert len(moving_mean(levels, 4)) == 10
 
 
 def test_long_clips_are_cut_in_the_pauses_and_covered_whole():
