@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=_evaluate)
 
+    register = sub.add_parser("register", help="register a model artifact directory as a new version of a task")
+    register.add_argument("task")
+    register.add_argument("model_dir", type=Path, help="weights and config as `mmserve train --output-dir` writes them")
+    register.add_argument("--alias", help="point this alias (e.g. production) at the new version")
+    register.add_argument("--description", default="mmserve register")
+    register.set_defaults(handler=_register)
+
     alias = sub.add_parser("alias", help="point a model alias at a registered version")
     alias.add_argument("task")
     alias.add_argument("alias")
@@ -274,6 +281,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         stored.update({k if k.startswith("test_") else f"test_{k}": v for k, v in metrics.items()})
         print(f"wrote {write_metrics(model_dir, stored)}", file=sys.stderr)
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmserve.registry.models import ModelRegistry
+
+    settings, task = _task(args.task)
+    # The task's own loader checks the directory (config, weights, shapes) before anything
+    # is registered: a version that cannot load would fail every server that switches to it.
+    try:
+        task.load_model(args.model_dir, torch.device("cpu"))
+    except Exception as error:  # noqa: BLE001 - any loader failure means "not a model of this task"
+        raise SystemExit(f"{args.model_dir} is not a loadable {task.name} model: {error}") from None
+    version = ModelRegistry(settings.data_dir).register(task.name, args.model_dir, alias=args.alias, description=args.description)
+    print(json.dumps({"task": task.name, "version": version, "alias": args.alias, "model_dir": str(args.model_dir)}))
     return 0
 
 

@@ -17,9 +17,13 @@ pytestmark = pytest.mark.e2e
 TINY = ["--set", "train_scenes=64", "--set", "val_scenes=16", "--set", "test_scenes=16", "--set", "attention_plots=1"]
 
 
-def _cli(data_dir, *args: str) -> str:
+def _run_cli(data_dir, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MMSERVE_DATA_DIR": str(data_dir), "MMSERVE_PLUGINS": "captioning", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "mmserve.server", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "mmserve.server", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _cli(data_dir, *args: str) -> str:
+    done = _run_cli(data_dir, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -74,3 +78,27 @@ def _scene_png() -> bytes:
 def test_plugins_command_lists_versions(tmp_path):
     out = _cli(tmp_path, "plugins")
     assert "captioning" in out and "entry point mmserve.plugins.captioning.plugin" in out
+
+
+def test_register_adds_a_weights_directory_as_a_version(tmp_path):
+    # What an upgrade needs: a data directory already serving version 1 takes newer weights
+    # (here the bundled ones again) as version 2, aliased, without training.
+    with running_server(tmp_path, env={"MMSERVE_PLUGINS": "captioning"}) as base:
+        assert _served_version(base) == "1"
+    weights = ROOT / "plugins" / "captioning" / "weights"
+    registered = json.loads(_cli(tmp_path, "register", "captioning", str(weights), "--alias", "production"))
+    assert registered == {"task": "captioning", "version": "2", "alias": "production", "model_dir": str(weights)}
+    models = json.loads(_cli(tmp_path, "models", "--json"))
+    assert {v["version"]: v["aliases"] for v in models[0]["versions"]} == {"1": [], "2": ["production"]}
+    with running_server(tmp_path, env={"MMSERVE_PLUGINS": "captioning"}) as base:
+        assert _served_version(base) == "2"
+
+    # A directory the task cannot load is refused by name, and nothing is registered.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    refused = _run_cli(tmp_path, "register", "captioning", str(broken))
+    assert refused.returncode != 0 and "is not a loadable captioning model" in refused.stderr
+    unknown = _run_cli(tmp_path, "register", "nosuchtask", str(weights))
+    assert unknown.returncode != 0 and "unknown task 'nosuchtask'" in unknown.stderr
+    assert len(json.loads(_cli(tmp_path, "models", "--json"))[0]["versions"]) == 2
