@@ -18,14 +18,17 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from mmserve.plugins.artifacts import CONFIG_FILE, WEIGHTS_FILE
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
 from mmserve.plugins.speech.clip_stream import ExtraClipStream
@@ -52,6 +55,8 @@ from mmserve.plugins.speech.text import char_vocabulary, encode_chars
 from mmserve.plugins.task import TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
 from mmserve.plugins.training import resolve_settings as resolve_task_settings
+
+CHECKPOINTS_DIR = "checkpoints"  # keep_best's copies, inside the output directory
 
 DEFAULTS: dict[str, Any] = {
     # data (generated once into the cache directory; "" = $MMSERVE_DATA_DIR/speech-data)
@@ -89,6 +94,9 @@ DEFAULTS: dict[str, Any] = {
     "ctc_pretrain_fraction": 0.35,  # ... or this fraction of the time budget, whichever ends first
     "curriculum_epochs": 1,  # epochs whose batches go from the shortest utterances to the longest
     "eval_every": 200,  # validate (and save the best weights so far) every this many steps; 0 = each epoch only
+    # keep each new best's weights in <output>/checkpoints/step-<n> too, the last this many, to
+    # average them afterwards (python -m mmserve.plugins.average); 0 = none
+    "keep_best": 0,
     "label_smoothing": 0.1,
     "freq_masks": 2,
     "freq_mask_width": 12,
@@ -114,6 +122,19 @@ DEFAULTS: dict[str, Any] = {
     "fp16": False,
     "progress": True,
 }
+
+
+def keep_checkpoint(output_dir: Path, step: int, keep: int) -> Path:
+    """Copy the artifact just saved in `output_dir` to checkpoints/step-<step>, and drop all but the
+    newest `keep` copies."""
+    folder = output_dir / CHECKPOINTS_DIR / f"step-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        shutil.copy2(output_dir / name, folder / name)
+    kept = sorted((output_dir / CHECKPOINTS_DIR).glob("step-*"), key=lambda path: int(path.name.removeprefix("step-")))
+    for old in kept[:-keep]:
+        shutil.rmtree(old)
+    return folder
 
 
 def resolve_settings(extra: dict[str, Any]) -> dict[str, Any]:
@@ -361,6 +382,8 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             best_cer = row["val_cer"]
             wall = round(time.monotonic() - started, 1)
             save_speech_model(model, options.output_dir, {**training, "steps": step, "wall_seconds": wall}, s["fp16"])
+            if s["keep_best"] > 0:
+                keep_checkpoint(options.output_dir, step, s["keep_best"])
         # Always printed (logs of background runs), beside the progress bar when there is one.
         line = ", ".join(f"{k} {v:.4g}" for k, v in row.items()) + f", {time.monotonic() - started:.0f}s"
         tqdm.write(line, file=sys.stderr)
@@ -418,7 +441,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     wall = time.monotonic() - started
     assert history, "no epoch ran"
     logger.log_text(json.dumps(history, indent=1), "history.json")
-    best_row = min(history, key=lambda r: r["val_cer"])
+    best_row = min(reversed(history), key=lambda r: r["val_cer"])  # the last of equals: the weights saved
     metrics = {k: float(v) for k, v in best_row.items() if k not in ("epoch", "step")}
     metrics.update({"best_epoch": float(best_row["epoch"]), "best_step": float(best_row["step"]), "train_wall_seconds": wall,
                     "ctc_pretrain_steps_done": float(pretrain_end if pretrain_end is not None else step)})  # fmt: skip

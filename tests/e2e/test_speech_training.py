@@ -55,7 +55,10 @@ def test_training_with_extra_clips_written_first_or_by_the_stream(tmp_path):
 
 
 def test_a_trained_model_grows_listener_blocks_and_trains_on(tmp_path):
-    small, _ = train(tmp_path, "small")
+    small, _ = train(tmp_path, "small", keep_best=1)
+    kept = list((small.artifact_dir / "checkpoints").iterdir())  # each new best, the newest one kept
+    assert len(kept) == 1 and kept[0].name == f"step-{int(small.metrics['best_step'])}"
+    assert (kept[0] / "weights.safetensors").read_bytes() == (small.artifact_dir / "weights.safetensors").read_bytes()
     grown, logger = train(tmp_path, "grown", init_from=str(small.artifact_dir), listener_blocks_4x=1,
                           listener_blocks_8x=1, listener_block_hidden=4)  # fmt: skip
     model = load_speech_model(grown.artifact_dir)

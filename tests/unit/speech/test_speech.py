@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmserve.plugins.average import write_average
 from mmserve.plugins.errors import InputError, PayloadTooLarge
 from mmserve.plugins.nn.decoding import DecodeParams, DecodingBatch, Sequence
 from mmserve.plugins.nn.ngram import NGramLM
@@ -26,6 +27,7 @@ from mmserve.plugins.speech.train import (
     augment,
     build_model,
     grow_from,
+    keep_checkpoint,
     length_batches,
     pad_edges,
     pad_targets,
@@ -235,6 +237,20 @@ def test_lm_fusion_changes_the_scores_round_trips_and_loads_with_the_artifact(tm
     with torch.no_grad():
         again = greedy_decode(loaded, loaded.encode(loaded.collate(feats)), 15)
     assert [r.tokens for r in again] == [r.tokens for r in fused]
+
+
+def test_keep_best_keeps_the_newest_copies_and_they_average(tmp_path):
+    model = tiny_model()
+    for step in (400, 800, 1200):  # numbered, not lexical, order: step-1200 is the newest
+        with torch.no_grad():
+            model.decoder.embed.weight.fill_(step)
+        save_speech_model(model, tmp_path, training={"steps": step})
+        keep_checkpoint(tmp_path, step, keep=2)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step-1200", "step-800"]
+    assert load_speech_model(tmp_path / "checkpoints" / "step-800").decoder.embed.weight.unique().tolist() == [800.0]
+    mean = load_speech_model(write_average([tmp_path / "checkpoints" / k for k in kept], tmp_path / "mean"))
+    assert mean.decoder.embed.weight.unique().tolist() == [1000.0]
 
 
 def test_the_speech_lm_holds_out_val_and_test_sentences():
