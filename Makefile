@@ -42,7 +42,7 @@ serve: install
 	$(BIN)/mmserve serve --host $(HOST) --port $(PORT)
 
 test: install lint helm-tools
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 # Fuzz every route of the server's OpenAPI document with schemathesis: >= 1,000 cases, a new
 # seed each run; the case count and statuses go to $(MMSERVE_DATA_DIR)/fuzz-report.json.
@@ -118,8 +118,8 @@ eval-music: install
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
 # $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
 # minutes of joint training from them, then 100 minutes with 30,000 more clips, 8 minutes on a
-# GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95 on the
-# served features,
+# GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95 and 90 on
+# the served features,
 # then the character LM and the decoding weights (see plugins/speech/README.md); then WER / CER
 # beside pocketsphinx (the `eval` extra).
 SPEECH_DEVICE ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
@@ -179,10 +179,17 @@ train-speech: install
 		--set curriculum_epochs=0
 	# 95 more minutes on two threads (the clips are written), on the features the server computes:
 	# normalised on the speech +- 0.2 s, half the clips with up to 0.5 s of background around them
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s12 $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
 		--set init_from=/tmp/mmserve-speech-s11 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
 		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
 		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=95 --set eval_every=400 \
+		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
+		--set num_threads=2
+	# 90 more minutes, the same settings
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
+		--set init_from=/tmp/mmserve-speech-s12 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
+		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
+		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=90 --set eval_every=400 \
 		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
 		--set num_threads=2
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
