@@ -12,6 +12,9 @@ from safetensors.torch import load_file, save_file
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"  # the evaluation that belongs to these weights, logged on registration
+# Training-time copies of earlier weights (e.g. for averaging) that may sit inside an output
+# directory; they are not part of the model, so registering the directory leaves them out.
+CHECKPOINTS_DIR = "checkpoints"
 
 
 def save_model_artifacts(directory: Path, config: dict[str, Any], model: torch.nn.Module, half: bool = False) -> Path:

@@ -22,7 +22,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mmserve.plugins.artifacts import CONFIG_FILE, read_metrics
+from mmserve.plugins.artifacts import CHECKPOINTS_DIR, CONFIG_FILE, read_metrics
 from mmserve.registry.tracking import EXPERIMENT, MlflowRunLogger, default_tracking_uri, limit_http_retries
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class ModelRegistry:
                 if metrics:
                     logger.log_metrics(metrics)
                 return self.register(task, artifact_dir, logger.run_id, alias, description, metrics)
-        self.client.log_artifacts(run_id, str(artifact_dir), MODEL_ARTIFACT_PATH)
+        self._log_model_files(run_id, artifact_dir)
         try:
             self.client.get_registered_model(task)
         except MlflowException:
@@ -134,6 +134,20 @@ class ModelRegistry:
             self.set_alias(task, alias, str(version))
         log.info("registered %s version %s%s", task, version, f" as @{alias}" if alias else "")
         return str(version)
+
+    def _log_model_files(self, run_id: str, artifact_dir: Path) -> None:
+        """Upload the artifact directory as the run's model, leaving out training checkpoints."""
+        if not (artifact_dir / CHECKPOINTS_DIR).is_dir():
+            self.client.log_artifacts(run_id, str(artifact_dir), MODEL_ARTIFACT_PATH)
+            return
+        with tempfile.TemporaryDirectory(prefix="mmserve-register-") as staging:
+            model_files = Path(staging) / MODEL_ARTIFACT_PATH
+            shutil.copytree(
+                artifact_dir,
+                model_files,
+                ignore=lambda folder, names: [CHECKPOINTS_DIR] if Path(folder) == artifact_dir else [],
+            )
+            self.client.log_artifacts(run_id, str(model_files), MODEL_ARTIFACT_PATH)
 
     def set_alias(self, task: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(task, alias, version)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mmserve.plugins.artifacts import CONFIG_FILE, WEIGHTS_FILE
+from mmserve.plugins.artifacts import CHECKPOINTS_DIR, CONFIG_FILE, WEIGHTS_FILE
 from mmserve.plugins.nn.decoder import DecoderConfig
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
 from mmserve.plugins.speech.clip_stream import ExtraClipStream
@@ -55,8 +55,6 @@ from mmserve.plugins.speech.text import char_vocabulary, encode_chars
 from mmserve.plugins.task import TrainOptions, TrainResult
 from mmserve.plugins.tracking import RunLogger
 from mmserve.plugins.training import resolve_settings as resolve_task_settings
-
-CHECKPOINTS_DIR = "checkpoints"  # keep_best's copies, inside the output directory
 
 DEFAULTS: dict[str, Any] = {
     # data (generated once into the cache directory; "" = $MMSERVE_DATA_DIR/speech-data)
@@ -95,7 +93,8 @@ DEFAULTS: dict[str, Any] = {
     "curriculum_epochs": 1,  # epochs whose batches go from the shortest utterances to the longest
     "eval_every": 200,  # validate (and save the best weights so far) every this many steps; 0 = each epoch only
     # keep each new best's weights in <output>/checkpoints/step-<n> too, the last this many, to
-    # average them afterwards (python -m mmserve.plugins.average); 0 = none
+    # average them afterwards (python -m mmserve.plugins.average); 0 = none. Registering the output
+    # directory leaves them out.
     "keep_best": 0,
     "label_smoothing": 0.1,
     "freq_masks": 2,

@@ -72,3 +72,16 @@ def test_a_registered_version_carries_the_metrics_shipped_with_its_weights(regis
     assert run.data.metrics == {"test_bleu_4": 0.5, "test_accuracy": 0.75}
     assert model_version.tags["metric.test_bleu_4"] == "0.5"
     assert model_version.tags["metric.test_accuracy"] == "0.75"
+
+
+def test_registering_leaves_training_checkpoints_out_but_keeps_model_subfolders(registry, tmp_path):
+    trained = _artifact(tmp_path, "trained")
+    (trained / "checkpoints" / "step-400").mkdir(parents=True)
+    (trained / "checkpoints" / "step-400" / "weights.safetensors").write_bytes(b"an earlier best")
+    (trained / "harmony" / "checkpoints").mkdir(parents=True)  # a part of the model may use the name
+    (trained / "harmony" / "checkpoints" / "note.txt").write_text("kept")
+    registry.register("checkpointed", trained, alias="production")
+    served = registry.resolve("checkpointed", "production").path
+    assert not (served / "checkpoints").exists()
+    assert (served / "harmony" / "checkpoints" / "note.txt").read_text() == "kept"
+    assert json.loads((served / "config.json").read_text()) == {"marker": "trained"}
