@@ -80,7 +80,7 @@ def test_plugins_command_lists_versions(tmp_path):
     assert "captioning" in out and "entry point mmserve.plugins.captioning.plugin" in out
 
 
-def test_register_adds_a_weights_directory_as_a_version(tmp_path):
+def test_register_adds_a_weights_directory_as_a_version(tmp_path, monkeypatch, capsys):
     # What an upgrade needs: a data directory already serving version 1 takes newer weights
     # (here the bundled ones again) as version 2, aliased, without training.
     with running_server(tmp_path, env={"MMSERVE_PLUGINS": "captioning"}) as base:
@@ -93,12 +93,19 @@ def test_register_adds_a_weights_directory_as_a_version(tmp_path):
     with running_server(tmp_path, env={"MMSERVE_PLUGINS": "captioning"}) as base:
         assert _served_version(base) == "2"
 
-    # A directory the task cannot load is refused by name, and nothing is registered.
+    # A directory the task cannot load is refused by name, and nothing is registered. These
+    # run in-process: the refusals need no server, and a CLI subprocess costs seconds each.
+    from mmserve.server.cli import main
+
+    monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MMSERVE_PLUGINS", "captioning")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    refused = _run_cli(tmp_path, "register", "captioning", str(broken))
-    assert refused.returncode != 0 and "is not a loadable captioning model" in refused.stderr
-    unknown = _run_cli(tmp_path, "register", "nosuchtask", str(weights))
-    assert unknown.returncode != 0 and "unknown task 'nosuchtask'" in unknown.stderr
-    assert len(json.loads(_cli(tmp_path, "models", "--json"))[0]["versions"]) == 2
+    with pytest.raises(SystemExit, match="is not a loadable captioning model"):
+        main(["register", "captioning", str(broken)])
+    with pytest.raises(SystemExit, match="unknown task 'nosuchtask'"):
+        main(["register", "nosuchtask", str(weights)])
+    capsys.readouterr()
+    assert main(["models", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["versions"]) == 2
