@@ -186,8 +186,15 @@ train-speech: install
 		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
 		--set num_threads=2
 	# 90 more minutes, the same settings
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s13 $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
 		--set init_from=/tmp/mmserve-speech-s12 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
+		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
+		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=90 --set eval_every=400 \
+		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
+		--set num_threads=2
+	# and 90 more, the same settings again
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
+		--set init_from=/tmp/mmserve-speech-s13 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
 		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
 		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=90 --set eval_every=400 \
 		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
