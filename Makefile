@@ -118,12 +118,18 @@ eval-music: install
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
 # $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
 # minutes of joint training from them, then 100 minutes with 30,000 more clips, 8 minutes on a
-# GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95 and 90 on
+# GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95, 90 and 90 on
 # the served features,
 # then the character LM and the decoding weights (see plugins/speech/README.md); then WER / CER
 # beside pocketsphinx (the `eval` extra).
 SPEECH_DEVICE ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 SPEECH_RECIPE = --epochs 40 --batch-size 32 --set freq_masks=0 --set time_masks=0 --set dropout=0 --set max_length=120
+# stages 12 on: the grown model trained on the features the server computes (normalised on the
+# speech +- 0.2 s, half the clips with up to 0.5 s of background around them), two threads
+SPEECH_SERVED_FEATURES = --epochs 300 --lr 3e-4 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
+	--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
+	--set ctc_pretrain_steps=0 --set warmup_steps=100 --set eval_every=400 --set curriculum_epochs=0 \
+	--set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 --set num_threads=2
 train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-ctc $(SPEECH_RECIPE) --lr 3e-3 \
 		--max-steps 1000 --set time_budget_minutes=39 --set ctc_pretrain_fraction=0.3 --set eval_every=250
@@ -179,26 +185,14 @@ train-speech: install
 		--set curriculum_epochs=0
 	# 95 more minutes on two threads (the clips are written), on the features the server computes:
 	# normalised on the speech +- 0.2 s, half the clips with up to 0.5 s of background around them
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s12 $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
-		--set init_from=/tmp/mmserve-speech-s11 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
-		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
-		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=95 --set eval_every=400 \
-		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
-		--set num_threads=2
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s12 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s11 --set time_budget_minutes=95
 	# 90 more minutes, the same settings
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s13 $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
-		--set init_from=/tmp/mmserve-speech-s12 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
-		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
-		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=90 --set eval_every=400 \
-		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
-		--set num_threads=2
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s13 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s12 --set time_budget_minutes=90
 	# and 90 more, the same settings again
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) --epochs 300 --lr 3e-4 \
-		--set init_from=/tmp/mmserve-speech-s13 --set listener_blocks_4x=1 --set listener_blocks_8x=1 \
-		--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
-		--set ctc_pretrain_steps=0 --set warmup_steps=100 --set time_budget_minutes=90 --set eval_every=400 \
-		--set curriculum_epochs=0 --set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 \
-		--set num_threads=2
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s13 --set time_budget_minutes=90
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, features normalised on the speech (plugins/speech/README.md)
 	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
