@@ -118,7 +118,7 @@ eval-music: install
 # The speech task's bundled weights (generates ~6,500 espeak-ng clips once into
 # $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
 # minutes of joint training from them, then 100 minutes with 30,000 more clips, 8 minutes on a
-# GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95, 90 and 90 on
+# GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95, 90, 90 and 90 on
 # the served features,
 # then the character LM and the decoding weights (see plugins/speech/README.md); then WER / CER
 # beside pocketsphinx (the `eval` extra).
@@ -190,9 +190,11 @@ train-speech: install
 	# 90 more minutes, the same settings
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s13 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s12 --set time_budget_minutes=90
-	# and 90 more, the same settings again
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+	# and 90 more twice, the same settings again
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s14 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s13 --set time_budget_minutes=90
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s14 --set time_budget_minutes=90
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, features normalised on the speech (plugins/speech/README.md)
 	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
