@@ -40,6 +40,31 @@ for package in wordfreq ftfy wcwidth langcodes locate num2words docopt.py jiwer 
 done
 find "$carry/site/wordfreq/data" -type f ! -name '*_en.*' -delete
 find "$carry/site" -name __pycache__ -prune -exec rm -rf {} +
+# Training decodes no media, but the recipe's imports reach mmserve.plugins.media, which imports
+# PyAV (a 36 MB wheel: too big to carry, and the GPU image lacks it) and Pillow (which the image
+# may lack) and names their types in signatures. Stand-ins whose every attribute is a placeholder
+# type let those imports through; using one fails loudly. PyAV's always goes (site/), Pillow's
+# only where the image has no Pillow (fallback/, which speech_train.sh adds then).
+stub_package() {  # stub_package DIR NAME SUBMODULE...
+    local package=$1/$2 submodule
+    mkdir -p "$package"
+    cat >"$package/__init__.py" <<'PY'
+"""A stand-in made by bench/gpu/prepare_carry.sh for the GPU training machine: imports only."""
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return type(name, (Exception,), {"__init__": _unavailable})
+
+
+def _unavailable(self, *args, **kwargs):
+    raise RuntimeError(f"{__name__} is a stand-in on this machine (bench/gpu/prepare_carry.sh)")
+PY
+    for submodule in "${@:3}"; do echo "from $2 import __getattr__  # noqa: F401" >"$package/$submodule.py"; done
+}
+stub_package "$carry/site" av container stream error
+stub_package "$carry/fallback" PIL Image
 # The compiled ones, for the GPU image's CPython 3.12.
 wheels=$(mktemp -d)
 "$repo/.venv/bin/python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
