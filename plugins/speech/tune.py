@@ -5,7 +5,11 @@ the CTC weight of joint decoding and the LM weight of shallow fusion, by beam-se
         --ctc-weights 0.3 --lm-weights 0 0.2 0.4 0.6 --stats-margin-s 0.2 --write
 
 prints WER / CER for every pair and, with --write, stores the best pair in config.json (and
---stats-margin-s, the features' normalisation setting it was tuned with; features.py).
+--stats-margin-s, the features' normalisation setting it was tuned with; features.py). With
+--padded, each pair is scored on the val clips as they are and with half a second of their
+background before and after, and chosen by the mean WER: the clean clips of training voices
+alone can favour the speller alone, which padded and long recordings and new voices punish
+(plugins/speech/README.md, "Results").
 
     python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights \\
         --silence-report 0.3 0.4 0.5 --stats-margin-s 0.2
@@ -43,6 +47,17 @@ def val_parts(artifact_dir: Path, model: ListenAttendSpell) -> tuple[ServedParts
     return ServedParts(model, [clips.wave(i) for i in range(len(clips))]), [clips.text(i) for i in range(len(clips))]
 
 
+def padded_val_parts(artifact_dir: Path, model: ListenAttendSpell) -> ServedParts:
+    """The val clips with SILENCE_PAD_S of their own background before and after, as the server takes them apart."""
+    clips = artifact_clips(artifact_dir, "val")
+    return ServedParts(model, [pad_with_background(clips.wave(i), SILENCE_PAD_S, seed=i) for i in range(len(clips))])
+
+
+def mean_rates(scores: list[tuple[float, float]]) -> tuple[float, float]:
+    """(WER, CER) averaged over the val variants, each weighing the same."""
+    return sum(wer for wer, _ in scores) / len(scores), sum(cer for _, cer in scores) / len(scores)
+
+
 def silence_report(artifact_dir: Path, model: ListenAttendSpell, keeps: list[float]) -> None:
     """Greedy val WER / CER, clips as they are and padded with background, per silence kept."""
     clips = artifact_clips(artifact_dir, "val")
@@ -68,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="normalise features on the speech +- this many seconds (default: the artifact's setting)")
     parser.add_argument("--silence-report", type=float, nargs="+", default=None, metavar="KEEP_S",
                         help="only report greedy val WER per silence kept around the speech (see above)")
+    parser.add_argument("--padded", action="store_true",
+                        help="choose by the mean WER of the val clips as they are and padded with their background")
     parser.add_argument("--write", action="store_true", help="store the best weights in config.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -79,15 +96,22 @@ def main(argv: list[str] | None = None) -> None:
         silence_report(args.model_dir, model, args.silence_report)
         return
     parts, texts = val_parts(args.model_dir, model)
+    # Clean val clips alone can favour a decoding that the server's other inputs punish: with
+    # --padded, the same clips with their own background around them count as much.
+    variants = [("as they are", parts)] + ([("padded", padded_val_parts(args.model_dir, model))] if args.padded else [])
     ctc_weights = args.ctc_weights or [model.config.ctc_decode_weight]
     results = []
     for ctc_weight, lm_weight in itertools.product(ctc_weights, args.lm_weights):
         model.config.ctc_decode_weight, model.config.lm_weight = ctc_weight, lm_weight
-        rates = error_rates(texts, parts.join(transcribe(model, parts.features, beam_size=args.beam)))
-        results.append((rates["wer"], rates["cer"], ctc_weight, lm_weight))
-        print(f"ctc {ctc_weight:.2f}  lm {lm_weight:.2f}  val beam WER {rates['wer']:.2%}  CER {rates['cer']:.2%}", flush=True)
+        scores = []
+        for name, variant in variants:
+            rates = error_rates(texts, variant.join(transcribe(model, variant.features, beam_size=args.beam)))
+            scores.append((rates["wer"], rates["cer"]))
+            print(f"ctc {ctc_weight:.2f}  lm {lm_weight:.2f}  val beam WER {rates['wer']:.2%}  CER {rates['cer']:.2%}  ({name})", flush=True)
+        results.append((*mean_rates(scores), ctc_weight, lm_weight))
     wer, cer, ctc_weight, lm_weight = min(results)
-    print(f"best on {len(texts)} val clips: ctc_decode_weight {ctc_weight}, lm_weight {lm_weight} (WER {wer:.2%}, CER {cer:.2%})")
+    over = " (the mean of as they are and padded)" if args.padded else ""
+    print(f"best on {len(texts)} val clips{over}: ctc_decode_weight {ctc_weight}, lm_weight {lm_weight} (WER {wer:.2%}, CER {cer:.2%})")
     if args.write:
         path = args.model_dir / "config.json"
         config = json.loads(path.read_text())
