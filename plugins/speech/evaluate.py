@@ -78,6 +78,12 @@ def pad_with_background(wave: np.ndarray, seconds: float, seed: int, sample_rate
     return np.concatenate([background(wave, seconds, rng, sample_rate), wave, background(wave, seconds, rng, sample_rate)])
 
 
+def silence_padded(waves: list[np.ndarray]) -> list[np.ndarray]:
+    """Each clip with SILENCE_PAD_S of its own background before and after (seeded by its index):
+    the padded clips that `mmserve eval speech` and `speech.tune --padded` both score."""
+    return [pad_with_background(wave, SILENCE_PAD_S, seed=i) for i, wave in enumerate(waves)]
+
+
 def long_recordings(clips: SpeechClips, per_recording: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
     """Consecutive test clips joined into recordings of `per_recording` sentences (about
     12 s for 4), with 0.1-0.6 s of background between them, and their joined transcripts."""
@@ -252,7 +258,7 @@ def evaluate_artifact(
     model.config.ctc_decode_weight, model.config.lm_weight = weight, configured_lm_weight
     # Robustness: the same clips with half a second of their own background before and after
     # (real recordings rarely start and end at the speech), served decoding.
-    padded = ServedParts(model, [pad_with_background(clips.wave(i), SILENCE_PAD_S, seed=i) for i in range(len(clips))])
+    padded = ServedParts(model, silence_padded([clips.wave(i) for i in range(len(clips))]))
     hyps["beam_padded"] = padded.join(transcribe(model, padded.features, beam_size=BEAM_SIZE, progress=progress, desc="beam, padded"))
     rates = error_rates(texts, hyps["beam_padded"])
     metrics.update({"beam_wer_silence_padded": rates["wer"], "beam_cer_silence_padded": rates["cer"]})

@@ -31,11 +31,10 @@ import torch
 from mmserve.plugins.speech.checkpoint import load_speech_model
 from mmserve.plugins.speech.evaluate import (
     BEAM_SIZE,
-    SILENCE_PAD_S,
     ServedParts,
     artifact_clips,
     error_rates,
-    pad_with_background,
+    silence_padded,
     transcribe,
 )
 from mmserve.plugins.speech.model import ListenAttendSpell
@@ -48,9 +47,10 @@ def val_parts(artifact_dir: Path, model: ListenAttendSpell) -> tuple[ServedParts
 
 
 def padded_val_parts(artifact_dir: Path, model: ListenAttendSpell) -> ServedParts:
-    """The val clips with SILENCE_PAD_S of their own background before and after, as the server takes them apart."""
+    """The val clips with their own background before and after (as `mmserve eval speech` pads the
+    test clips), as the server takes them apart."""
     clips = artifact_clips(artifact_dir, "val")
-    return ServedParts(model, [pad_with_background(clips.wave(i), SILENCE_PAD_S, seed=i) for i in range(len(clips))])
+    return ServedParts(model, silence_padded([clips.wave(i) for i in range(len(clips))]))
 
 
 def mean_rates(scores: list[tuple[float, float]]) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def silence_report(artifact_dir: Path, model: ListenAttendSpell, keeps: list[flo
     clips = artifact_clips(artifact_dir, "val")
     texts = [clips.text(i) for i in range(len(clips))]
     clean = [clips.wave(i) for i in range(len(clips))]
-    padded = [pad_with_background(wave, SILENCE_PAD_S, seed=i) for i, wave in enumerate(clean)]
+    padded = silence_padded(clean)
     for keep in keeps:
         row = []
         for waves in (clean, padded):

@@ -17,7 +17,14 @@ from mmserve.plugins.nn.search import DecodeResult, beam_search, greedy_decode
 from mmserve.plugins.speech import data
 from mmserve.plugins.speech import lm as speech_lm
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
-from mmserve.plugins.speech.evaluate import error_rates, error_rates_by_group, long_recordings, pad_with_background
+from mmserve.plugins.speech.evaluate import (
+    SILENCE_PAD_S,
+    error_rates,
+    error_rates_by_group,
+    long_recordings,
+    pad_with_background,
+    silence_padded,
+)
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for, normalize_utterance
 from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
@@ -603,6 +610,15 @@ def test_pad_with_background_adds_noise_at_the_clips_floor_both_sides():
     floor = np.sqrt(np.mean(np.square(padded[:4000])))
     assert 0.005 < floor < 0.02  # the quiet half's level, not the loud half's
     assert np.array_equal(pad_with_background(speech, 0.25, seed=1), padded)  # seeded
+
+
+def test_silence_padded_pads_each_clip_seeded_by_its_index():
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(4000).astype(np.float32) * 0.1 for _ in range(3)]
+    padded = silence_padded(waves)
+    for i, (wave, out) in enumerate(zip(waves, padded)):
+        assert np.array_equal(out, pad_with_background(wave, SILENCE_PAD_S, seed=i))
+    assert not np.array_equal(padded[0][:4000], silence_padded([waves[1]])[0][:4000])  # a clip's background is its own
 
 
 def test_long_recordings_join_consecutive_clips_with_pauses():
