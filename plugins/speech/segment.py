@@ -59,15 +59,23 @@ def segment_bounds(wave: np.ndarray, sample_rate: int, max_s: float, min_s: floa
 
 
 def speech_parts(wave: np.ndarray, sample_rate: int, max_s: float, min_s: float, keep_silence_s: float) -> list[tuple[int, int]]:
-    """[start, end) sample ranges to transcribe: the segments of segment_bounds, each less the
-    silence before and after its speech beyond `keep_silence_s`, and none that holds no speech
-    (judged against the whole recording's noise floor; see speech_frames). The model learned
-    from clips that start and end near the speech: half a second of background before and after
-    a test clip nearly doubled its errors (plugins/speech/README.md). A recording with no speech
-    at all is one part, whole, so that it still gets its (empty) transcript."""
+    """[start, end) sample ranges to transcribe: the recording less the silence before and after
+    its speech beyond `keep_silence_s`, whole when that is at most `max_s` seconds (silence does
+    not make a sentence long: a clip of 4.5 s with half a second of background either side is
+    not cut in two); else the segments of segment_bounds, each less its own silence, and none
+    that holds no speech (judged against the whole recording's noise floor; see speech_frames).
+    The model learned from clips that start and end near the speech: half a second of background
+    before and after a test clip nearly doubled its errors (plugins/speech/README.md). A
+    recording with no speech at all is one part, whole, so that it still gets its (empty)
+    transcript."""
     frame = max(1, int(FRAME_S * sample_rate))
     loud = speech_frames(frame_levels(wave, sample_rate))
     keep = int(keep_silence_s * sample_rate)
+    span = _around_speech(loud, 0, len(wave), frame, keep)
+    if span is None:
+        return [(0, len(wave))]
+    if span[1] - span[0] <= max_s * sample_rate:
+        return [span]
     parts = [_around_speech(loud, start, end, frame, keep) for start, end in segment_bounds(wave, sample_rate, max_s, min_s)]
     return [part for part in parts if part is not None] or [(0, len(wave))]
 

@@ -147,6 +147,16 @@ def test_speech_parts_cut_long_silences_and_cover_every_talk():
     assert loud[: parts[0][0]].sum() == 0 and loud[parts[-1][1] :].sum() == 0  # no talk left out
 
 
+def test_silence_around_short_speech_does_not_make_it_long():
+    # 4 s of talk with a short pause inside, in 7 s of recording: the silence is cut, not the
+    # sentence; only speech longer than max_s is cut at its pauses.
+    talk, _ = speech_with_pauses([2.0, 1.8], 0.3)
+    wave = with_quiet_edges(talk, 1.5, 1.4)
+    [(start, end)] = speech_parts(wave, RATE, max_s=5.0, min_s=1.5, keep_silence_s=0.4)
+    assert abs(start / RATE - 1.1) < 0.05 and abs((len(wave) - end) / RATE - 1.0) < 0.05
+    assert len(speech_parts(with_quiet_edges(talk, 0.3, 0.3), RATE, max_s=3.5, min_s=1.5, keep_silence_s=0.4)) == 2
+
+
 def test_a_short_upload_with_leading_silence_keeps_its_clock():
     from mmserve.plugins.speech.preprocess import waveform_to_wav
     from mmserve.plugins.task import InputLimits
