@@ -262,13 +262,15 @@ def evaluate_artifact(
     hyps["beam_padded"] = padded.join(transcribe(model, padded.features, beam_size=BEAM_SIZE, progress=progress, desc="beam, padded"))
     rates = error_rates(texts, hyps["beam_padded"])
     metrics.update({"beam_wer_silence_padded": rates["wer"], "beam_cer_silence_padded": rates["cer"]})
-    # Long uploads: 4 test clips in one recording, cut and joined as the server does.
-    recordings = long_recordings(clips, min(LONG_FORM_CLIPS, len(clips)))
-    long_parts = ServedParts(model, [w for w, _ in recordings])
-    joined = long_parts.join(transcribe(model, long_parts.features, beam_size=BEAM_SIZE, progress=progress, desc="long recordings"))
-    rates = error_rates([t for _, t in recordings], joined)
-    metrics.update({"beam_wer_long_form": rates["wer"], "beam_cer_long_form": rates["cer"],
-                    "long_form_recordings": float(len(recordings))})  # fmt: skip
+    # Recordings of several sentences: 2 test clips in one (~6 s: often under the segment
+    # length, so decoded whole) and 4 (~12 s: cut and joined as the server does).
+    for name, per_recording in (("two_sentences", 2), ("long_form", LONG_FORM_CLIPS)):
+        recordings = long_recordings(clips, min(per_recording, len(clips)))
+        joined_parts = ServedParts(model, [w for w, _ in recordings])
+        joined = joined_parts.join(transcribe(model, joined_parts.features, beam_size=BEAM_SIZE, progress=progress, desc=name))
+        rates = error_rates([t for _, t in recordings], joined)
+        metrics.update({f"beam_wer_{name}": rates["wer"], f"beam_cer_{name}": rates["cer"],
+                        f"{name}_recordings": float(len(recordings))})  # fmt: skip
     # Where the errors are: clips whose voice has an accent, a speaker variant, or both that
     # training never heard (e.g. beam_wer_new_accent, clips_new_variant).
     novelty = [voice_novelty(clips.clips[i]["voice"]) for i in range(len(clips))]

@@ -109,6 +109,12 @@ DEFAULTS: dict[str, Any] = {
     # and end at the speech, as synthetic clips do; 0 = off
     "edge_pad_seconds": 0.0,
     "edge_pad_prob": 0.5,
+    # recordings of two sentences: on `join_prob` of the batches, consecutive clips are joined in
+    # pairs (the same frames, half the rows), with up to `join_gap_seconds` more of the first's
+    # background between them; the speller otherwise learns that a recording holds one sentence
+    # and ends its transcript where the first one ends; 0 = off
+    "join_prob": 0.0,
+    "join_gap_seconds": 0.3,
     "weight_decay": 1e-6,
     "grad_clip": 5.0,
     "warmup_steps": 100,
@@ -231,6 +237,24 @@ def augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> tu
     if s["freq_warp"] > 0:
         features = warp_frequencies(features.float(), rng.uniform(1 - s["freq_warp"], 1 + s["freq_warp"]))
     return spec_augment(features, rng, s), lead
+
+
+def join_pairs(examples: list[tuple[torch.Tensor, list[int]]], rng: random.Random, space_id: int, most_gap: int,
+               quiet_frames: int = 10) -> list[tuple[torch.Tensor, list[int]]]:  # fmt: skip
+    """Clips (features [T, F], <bos> chars <eos>) joined in consecutive pairs as one recording of
+    two sentences: the first, 0 to `most_gap` frames of its own background (its last
+    `quiet_frames` frames, drawn in random order, as pad_edges does), then the second; their
+    transcripts joined by a space (a silent clip adds nothing). An odd last clip stays alone."""
+    joined = []
+    for a in range(0, len(examples) - 1, 2):
+        (first, first_ids), (second, second_ids) = examples[a], examples[a + 1]
+        quiet = first[-min(quiet_frames, first.shape[0]) :]
+        draw = [rng.randrange(quiet.shape[0]) for _ in range(rng.randint(0, most_gap))]
+        gap = quiet[torch.tensor(draw, dtype=torch.long)]
+        one, two = first_ids[1:-1], second_ids[1:-1]
+        chars = one + ([space_id] if one and two else []) + two
+        joined.append((torch.cat([first, gap, second]), [first_ids[0], *chars, first_ids[-1]]))
+    return joined + examples[len(examples) - len(examples) % 2 :]
 
 
 def silence_clip(rng: random.Random, sample_rate: int = 16000) -> torch.Tensor:
@@ -404,14 +428,17 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             batches = length_batches(lengths, options.batch_size, rng, shortest_first=curriculum)
             bar = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", disable=not s["progress"], leave=False)
             for index in bar:
-                clips, leads = zip(*(augment(train_x[i], rng, s) for i in index))
+                examples = [(train_x[i], train_y[i]) for i in index]
+                if s["join_prob"] > 0 and len(examples) > 1 and rng.random() < s["join_prob"]:
+                    examples = join_pairs(examples, rng, model.vocab.stoi[" "], int(s["join_gap_seconds"] * 100))
+                clips, leads = zip(*(augment(x, rng, s) for x, _ in examples))
                 batch = model.collate(list(clips))
                 batch = SpeechBatch(batch.features.to(device), batch.lengths.to(device))
                 # where the speech is, for the guided attention, when silence was added around it
                 speech = None
                 if s["edge_pad_seconds"] > 0:
-                    speech = (torch.tensor(leads), torch.tensor([train_x[i].shape[0] for i in index]))
-                targets = pad_targets([train_y[i] for i in index], model.pad_id).to(device)
+                    speech = (torch.tensor(leads), torch.tensor([x.shape[0] for x, _ in examples]))
+                targets = pad_targets([y for _, y in examples], model.pad_id).to(device)
                 if pretraining():
                     loss = ctc_loss(model, batch, targets)
                     parts = {"ce": float("nan"), "ctc": loss.item()}

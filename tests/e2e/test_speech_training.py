@@ -59,8 +59,9 @@ def test_a_trained_model_grows_listener_blocks_and_trains_on(tmp_path):
     kept = list((small.artifact_dir / "checkpoints").iterdir())  # each new best, the newest one kept
     assert len(kept) == 1 and kept[0].name == f"step-{int(small.metrics['best_step'])}"
     assert (kept[0] / "weights.safetensors").read_bytes() == (small.artifact_dir / "weights.safetensors").read_bytes()
+    # grown, and on two-sentence recordings (every batch joined in pairs) padded with background
     grown, logger = train(tmp_path, "grown", init_from=str(small.artifact_dir), listener_blocks_4x=1,
-                          listener_blocks_8x=1, listener_block_hidden=4)  # fmt: skip
+                          listener_blocks_8x=1, listener_block_hidden=4, join_prob=1.0, edge_pad_seconds=0.2)  # fmt: skip
     model = load_speech_model(grown.artifact_dir)
     assert (model.config.listener.blocks_4x, model.config.listener.blocks_8x) == (1, 1)
     assert model.listener.blocks8[0].out.weight.abs().sum() > 0  # it trained
@@ -111,8 +112,9 @@ def test_the_evaluation_of_a_trained_artifact(tmp_path):
     logger = MemoryRunLogger()
     metrics = evaluate_artifact(result.artifact_dir, logger, pocketsphinx_clips=0, progress=False)
     rates = {f"{decoding}_{rate}" for decoding in ("greedy", "beam", "ctc_greedy") for rate in ("wer", "cer")}
-    assert rates | {"beam_wer_silence_padded", "beam_wer_long_form"} <= set(metrics)
+    assert rates | {"beam_wer_silence_padded", "beam_wer_two_sentences", "beam_wer_long_form"} <= set(metrics)
     assert metrics["clips"] == 3 and metrics["long_form_recordings"] == 1  # the 3 test clips in one recording
+    assert metrics["two_sentences_recordings"] == 1  # clips 1 and 2; the third is left over
     assert all(v >= 0 for v in metrics.values())
     assert logger.metrics and "test_samples.txt" in logger.artifacts
 

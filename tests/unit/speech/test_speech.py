@@ -34,6 +34,7 @@ from mmserve.plugins.speech.train import (
     augment,
     build_model,
     grow_from,
+    join_pairs,
     keep_checkpoint,
     length_batches,
     pad_edges,
@@ -442,6 +443,29 @@ def test_pad_edges_keeps_speech_only_statistics():
     assert torch.equal(augmented[lead : lead + 60], feats)
     renormalised, lead = augment(feats, random.Random(5), settings)
     assert not torch.equal(renormalised[lead : lead + 60], feats)
+
+
+def test_join_pairs_makes_two_sentence_recordings_with_background_between():
+    vocab = char_vocabulary()
+    space = vocab.stoi[" "]
+    clips = random_features([30, 20, 25, 12, 40])
+    texts = ["ten cats", "a dog", "", "so", "last one"]
+    examples = [(x, encode_chars(vocab, t)) for x, t in zip(clips, texts)]
+    joined = join_pairs(examples, random.Random(3), space, most_gap=6)
+    assert len(joined) == 3
+    assert [decode_chars(vocab, ids) for _, ids in joined] == ["ten cats a dog", "so", "last one"]
+    assert joined[0][1] == encode_chars(vocab, "ten cats a dog")
+    assert joined[1][1] == encode_chars(vocab, "so")  # a silent clip adds no space
+    for (x, _), first, second in [(joined[0], clips[0], clips[1]), (joined[1], clips[2], clips[3])]:
+        gap = x.shape[0] - first.shape[0] - second.shape[0]
+        assert 0 <= gap <= 6
+        assert torch.equal(x[: first.shape[0]], first) and torch.equal(x[x.shape[0] - second.shape[0] :], second)
+        # the gap is the first clip's own background: frames from its tail
+        tail = first[-10:]
+        assert all(any(torch.equal(row, quiet) for quiet in tail) for row in x[first.shape[0] : first.shape[0] + gap])
+    assert joined[2][0] is clips[4]  # the odd one out stays as it was
+    gaps = {join_pairs(examples[:2], random.Random(seed), space, most_gap=6)[0][0].shape[0] - 50 for seed in range(40)}
+    assert len(gaps) > 3 and min(gaps) >= 0 and max(gaps) <= 6
 
 
 def test_augment_pads_some_clips_and_says_where_the_speech_starts():
