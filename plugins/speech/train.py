@@ -209,18 +209,23 @@ def warp_frequencies(features: torch.Tensor, factor: float, fixed_top: float = 0
     return normalize_utterance(warped)
 
 
-def pad_edges(features: torch.Tensor, lead: int, trail: int, rng: random.Random, quiet_frames: int = 10,
-              renormalise: bool = True) -> torch.Tensor:  # fmt: skip
-    """`lead` and `trail` frames of the clip's own background put before and after it, then
-    normalised again per utterance. The background is the clip's last `quiet_frames` frames
-    (every synthetic clip ends in ~0.15-0.45 s of noise after espeak-ng's final pause), drawn
-    in random order. Per-band normalisation is affine, so normalising the normalised frames again
-    gives what normalising the raw padded recording would. Features normalised on the speech
-    alone (`stats_margin_s`) keep their statistics whatever background is added around it:
-    `renormalise=False` then pads and nothing else. features [T, F] -> [lead + T + trail, F]."""
+def background_frames(features: torch.Tensor, count: int, rng: random.Random, quiet_frames: int = 10) -> torch.Tensor:
+    """`count` frames of a clip's own background: its last `quiet_frames` frames (every synthetic
+    clip ends in ~0.15-0.45 s of noise after espeak-ng's final pause), drawn in random order.
+    features [T, F] -> [count, F]."""
     quiet = features[-min(quiet_frames, features.shape[0]) :]
-    draw = [rng.randrange(quiet.shape[0]) for _ in range(lead + trail)]
-    padding = quiet[torch.tensor(draw, dtype=torch.long)] if draw else quiet[:0]
+    draw = [rng.randrange(quiet.shape[0]) for _ in range(count)]
+    return quiet[torch.tensor(draw, dtype=torch.long)]
+
+
+def pad_edges(features: torch.Tensor, lead: int, trail: int, rng: random.Random, renormalise: bool = True) -> torch.Tensor:
+    """`lead` and `trail` frames of the clip's own background (background_frames) put before and
+    after it, then normalised again per utterance. Per-band normalisation is affine, so
+    normalising the normalised frames again gives what normalising the raw padded recording
+    would. Features normalised on the speech alone (`stats_margin_s`) keep their statistics
+    whatever background is added around it: `renormalise=False` then pads and nothing else.
+    features [T, F] -> [lead + T + trail, F]."""
+    padding = background_frames(features, lead + trail, rng)
     padded = torch.cat([padding[:lead], features, padding[lead:]])
     return normalize_utterance(padded) if renormalise else padded
 
@@ -239,18 +244,16 @@ def augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> tu
     return spec_augment(features, rng, s), lead
 
 
-def join_pairs(examples: list[tuple[torch.Tensor, list[int]]], rng: random.Random, space_id: int, most_gap: int,
-               quiet_frames: int = 10) -> list[tuple[torch.Tensor, list[int]]]:  # fmt: skip
+def join_pairs(examples: list[tuple[torch.Tensor, list[int]]], rng: random.Random, space_id: int,
+               most_gap: int) -> list[tuple[torch.Tensor, list[int]]]:  # fmt: skip
     """Clips (features [T, F], <bos> chars <eos>) joined in consecutive pairs as one recording of
-    two sentences: the first, 0 to `most_gap` frames of its own background (its last
-    `quiet_frames` frames, drawn in random order, as pad_edges does), then the second; their
-    transcripts joined by a space (a silent clip adds nothing). An odd last clip stays alone."""
+    two sentences: the first, 0 to `most_gap` frames of its own background (background_frames),
+    then the second; their transcripts joined by a space (a silent clip adds nothing). An odd
+    last clip stays alone."""
     joined = []
     for a in range(0, len(examples) - 1, 2):
         (first, first_ids), (second, second_ids) = examples[a], examples[a + 1]
-        quiet = first[-min(quiet_frames, first.shape[0]) :]
-        draw = [rng.randrange(quiet.shape[0]) for _ in range(rng.randint(0, most_gap))]
-        gap = quiet[torch.tensor(draw, dtype=torch.long)]
+        gap = background_frames(first, rng.randint(0, most_gap), rng)
         one, two = first_ids[1:-1], second_ids[1:-1]
         chars = one + ([space_id] if one and two else []) + two
         joined.append((torch.cat([first, gap, second]), [first_ids[0], *chars, first_ids[-1]]))
