@@ -102,15 +102,16 @@ class ServedParts:
     a decoder's transcripts of the parts join back into one per waveform."""
 
     def __init__(self, model: ListenAttendSpell, waves: Sequence[np.ndarray], progress: bool = False, desc: str = "features",
-                 keep_silence_s: float | None = None):  # fmt: skip
+                 keep_silence_s: float | None = None, segment_max_s: float | None = None):  # fmt: skip
         featurizer = LogMel(model.config.features)
         rate, task = model.config.features.sample_rate, SpeechTask
         keep = task.keep_silence_s if keep_silence_s is None else keep_silence_s
+        max_s = task.segment_max_s if segment_max_s is None else segment_max_s
         self.features: list[torch.Tensor] = []
         self.owners: list[int] = []
         self.count = len(waves)
         for index, wave in enumerate(tqdm(waves, desc=desc, disable=not progress, leave=False)):
-            for start, end in speech_parts(wave, rate, task.segment_max_s, task.segment_min_s, keep):
+            for start, end in speech_parts(wave, rate, max_s, min(task.segment_min_s, max_s / 2), keep):
                 self.features.append(featurizer(torch.from_numpy(np.ascontiguousarray(wave[start:end]))))
                 self.owners.append(index)
 

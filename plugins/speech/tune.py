@@ -17,6 +17,13 @@ alone can favour the speller alone, which padded and long recordings and new voi
 prints instead the greedy WER / CER on the val clips as they are and with half a second of
 their background before and after, for each silence kept around the speech (task.py's
 keep_silence_s; 1000 = nothing cut).
+
+    python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights \
+        --segment-report 5 6 8 --stats-margin-s 0.2
+
+prints instead, for each longest segment (task.py's segment_max_s), the WER / CER (beam --beam,
+the artifact's decoding weights) on the val clips as they are, padded, and joined into
+recordings of 2 and of 4 clips, which the server cuts into segments of at most that length.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from mmserve.plugins.speech.evaluate import (
     ServedParts,
     artifact_clips,
     error_rates,
+    long_recordings,
     silence_padded,
     transcribe,
 )
@@ -73,6 +81,26 @@ def silence_report(artifact_dir: Path, model: ListenAttendSpell, keeps: list[flo
         print(f"keep {keep:g} s  val greedy WER / CER: as they are {row[0]}, padded {row[1]}", flush=True)
 
 
+def segment_report(artifact_dir: Path, model: ListenAttendSpell, longest: list[float], beam: int) -> None:
+    """Val WER / CER per longest segment: clips as they are, padded, and in recordings of 2 and 4."""
+    clips = artifact_clips(artifact_dir, "val")
+    texts = [clips.text(i) for i in range(len(clips))]
+    clean = [clips.wave(i) for i in range(len(clips))]
+    sets = {"as they are": (clean, texts), "padded": (silence_padded(clean), texts)}
+    for per_recording in (2, 4):
+        recordings = long_recordings(clips, min(per_recording, len(clips)))
+        sets[f"{per_recording} a recording"] = ([wave for wave, _ in recordings], [text for _, text in recordings])
+    for max_s in longest:
+        row, wers = [], []
+        for name, (waves, references) in sets.items():
+            parts = ServedParts(model, waves, segment_max_s=max_s)
+            rates = error_rates(references, parts.join(transcribe(model, parts.features, beam_size=beam)))
+            row.append(f"{name} {rates['wer']:.2%} / {rates['cer']:.2%}")
+            wers.append(rates["wer"])
+        print(f"segments up to {max_s:g} s, val WER / CER (beam {beam}): {', '.join(row)}; mean WER {sum(wers) / len(wers):.2%}",
+              flush=True)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -83,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="normalise features on the speech +- this many seconds (default: the artifact's setting)")
     parser.add_argument("--silence-report", type=float, nargs="+", default=None, metavar="KEEP_S",
                         help="only report greedy val WER per silence kept around the speech (see above)")
+    parser.add_argument("--segment-report", type=float, nargs="+", default=None, metavar="MAX_S",
+                        help="only report val WER per longest segment, clips and recordings of several (see above)")
     parser.add_argument("--padded", action="store_true",
                         help="choose by the mean WER of the val clips as they are and padded with their background")
     parser.add_argument("--write", action="store_true", help="store the best weights in config.json")
@@ -94,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         model.config.features.stats_margin_s = args.stats_margin_s
     if args.silence_report:
         silence_report(args.model_dir, model, args.silence_report)
+        return
+    if args.segment_report:
+        segment_report(args.model_dir, model, args.segment_report, args.beam)
         return
     parts, texts = val_parts(args.model_dir, model)
     # Clean val clips alone can favour a decoding that the server's other inputs punish: with

@@ -102,6 +102,10 @@ def test_the_lm_and_the_decoding_weights_of_a_trained_artifact(tmp_path, capsys)
     tune.main(["--model-dir", str(result.artifact_dir), "--silence-report", "0.4", "1000"])
     report = [line for line in capsys.readouterr().out.splitlines() if "val greedy WER" in line]
     assert [line.split(" s ")[0] for line in report] == ["keep 0.4", "keep 1000"] and all("padded" in line for line in report)
+    tune.main(["--model-dir", str(result.artifact_dir), "--segment-report", "2", "5", "--beam", "1"])
+    report = [line for line in capsys.readouterr().out.splitlines() if line.startswith("segments up to")]
+    assert [line.split(" s,")[0] for line in report] == ["segments up to 2", "segments up to 5"]
+    assert all(f"{name} " in line for line in report for name in ("as they are", "padded", "2 a recording", "4 a recording"))
     assert json.loads((result.artifact_dir / "config.json").read_text()) == written  # a report writes nothing
 
 
