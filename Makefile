@@ -119,7 +119,7 @@ eval-music: install
 # $(MMSERVE_DATA_DIR)/speech-data): 1,000 steps of listener CTC pretraining, then 18, 9 and 122
 # minutes of joint training from them, then 100 minutes with 30,000 more clips, 8 minutes on a
 # GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95, 90, 90 and 90 on
-# the served features, 8 more on a GPU and 85 on the CPU,
+# the served features, 8 more on a GPU, 85 on the CPU and 100 with two-sentence recordings,
 # then the character LM and the decoding weights (see plugins/speech/README.md); then WER / CER
 # beside pocketsphinx (the `eval` extra).
 SPEECH_DEVICE ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
@@ -203,8 +203,11 @@ train-speech: install
 		--set extra_train_clips=200000 --set extra_clip_processes=$$(( $$(nproc) > 3 ? $$(nproc) - 2 : 1 )) \
 		--set data_workers=$$(nproc) --set warmup_steps=150 --set eval_every=200 --set time_budget_minutes=8.2
 	# and 85 more minutes on the CPU, the stage-15 settings
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s17 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s16 --set time_budget_minutes=85
+	# 100 more with 30 % of the batches joined in pairs: recordings of two sentences
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s17 --set join_prob=0.3 --set join_gap_seconds=0.3 --set time_budget_minutes=100
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, as they are and padded with their background, features normalised
 	# on the speech (plugins/speech/README.md; the LM, off since stage 13, is not in the grid)

@@ -26,7 +26,8 @@ def test_bundled_weights_load_small_with_metrics():
     assert sum(metrics[f"test_clips_{g}"] for g in groups) == metrics["test_clips"]
     assert all(f"test_{d}_{r}_{g}" in metrics for d in ("greedy", "beam") for r in ("wer", "cer") for g in groups)
     # ... and how it copes with silence around the speech and with long recordings cut in segments
-    assert {"test_beam_wer_silence_padded", "test_beam_wer_long_form", "test_long_form_recordings"} <= set(metrics)
+    assert {"test_beam_wer_silence_padded", "test_beam_wer_long_form", "test_long_form_recordings",
+            "test_beam_wer_two_sentences", "test_two_sentences_recordings"} <= set(metrics)  # fmt: skip
     model = task.load_model(directory, torch.device("cpu"))
     assert model.config.decoder.attention == "location"
 
