@@ -44,6 +44,10 @@ class SpeechTask(Task):
     # on a few seconds, loses its place in a minute of speech. Chosen on recordings of 4 val clips
     # (stage-10 model at step 400, greedy WER): max 5 s 69.5 %, 6 s 72.5 %, 4 s 82.3 %; min 1.5 s
     # 69.5 %, 1 s 70.1 %, 2 s 70.6 %; pauses from 0.25 s (0.15 s: 74.3 %, 0.4 s: 71.9 %).
+    # Checked again on the stage-18 model (beam 8, w = 0.1; val clips as they are / padded / 2 and
+    # 4 a recording): 5 s 23.5 / 34.8 / 38.4 / 40.5 %, 6 s 23.6 / 33.7 / 43.5 / 43.9 %, 8 s 22.5 /
+    # 32.6 / 49.2 / 46.4 %: longer segments help single sentences and hurt recordings of several.
+    # (`python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights --segment-report 5 6 8`)
     # `tasks.speech.max_segment_s` overrides the maximum (e.g. for a model trained on longer clips).
     segment_max_s = 5.0
     segment_min_s = 1.5
