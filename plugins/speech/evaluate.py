@@ -263,8 +263,8 @@ def evaluate_artifact(
     hyps["beam_padded"] = padded.join(transcribe(model, padded.features, beam_size=BEAM_SIZE, progress=progress, desc="beam, padded"))
     rates = error_rates(texts, hyps["beam_padded"])
     metrics.update({"beam_wer_silence_padded": rates["wer"], "beam_cer_silence_padded": rates["cer"]})
-    # Recordings of several sentences: 2 test clips in one (~6 s: often under the segment
-    # length, so decoded whole) and 4 (~12 s: cut and joined as the server does).
+    # Recordings of several sentences, cut and joined as the server does: 2 test clips in one
+    # (~6 s: those within the segment length decoded whole, the rest cut) and 4 (~12 s).
     for name, per_recording in (("two_sentences", 2), ("long_form", LONG_FORM_CLIPS)):
         recordings = long_recordings(clips, min(per_recording, len(clips)))
         joined_parts = ServedParts(model, [w for w, _ in recordings])
