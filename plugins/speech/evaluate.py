@@ -106,12 +106,12 @@ class ServedParts:
         featurizer = LogMel(model.config.features)
         rate, task = model.config.features.sample_rate, SpeechTask
         keep = task.keep_silence_s if keep_silence_s is None else keep_silence_s
-        max_s = task.segment_max_s if segment_max_s is None else segment_max_s
+        max_s, min_s = task.segment_lengths(segment_max_s)
         self.features: list[torch.Tensor] = []
         self.owners: list[int] = []
         self.count = len(waves)
         for index, wave in enumerate(tqdm(waves, desc=desc, disable=not progress, leave=False)):
-            for start, end in speech_parts(wave, rate, max_s, min(task.segment_min_s, max_s / 2), keep):
+            for start, end in speech_parts(wave, rate, max_s, min_s, keep):
                 self.features.append(featurizer(torch.from_numpy(np.ascontiguousarray(wave[start:end]))))
                 self.owners.append(index)
 

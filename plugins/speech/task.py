@@ -65,10 +65,16 @@ class SpeechTask(Task):
     def bundled_artifacts(self) -> Path | None:
         return WEIGHTS_DIR if (WEIGHTS_DIR / "weights.safetensors").is_file() else None
 
+    @classmethod
+    def segment_lengths(cls, max_segment_s: float | None = None) -> tuple[float, float]:
+        """(longest, shortest) segment in seconds: `max_segment_s` (a setting) or the task's own,
+        and a shortest that leaves room for two segments under it."""
+        max_s = max_segment_s or cls.segment_max_s
+        return max_s, min(cls.segment_min_s, max_s / 2)
+
     def preprocess(self, data: bytes, content_type: str | None, model: EncoderDecoder, limits: InputLimits) -> Any:
         assert isinstance(model, ListenAttendSpell), f"speech needs a ListenAttendSpell, got {type(model).__name__}"
-        max_s = limits.max_segment_s or self.segment_max_s
-        min_s = min(self.segment_min_s, max_s / 2)
+        max_s, min_s = self.segment_lengths(limits.max_segment_s)
         return audio_bytes_to_segments(data, content_type, model.config.features, limits, max_s, min_s, self.keep_silence_s)
 
     def join_segments(self, outputs: list[dict[str, Any]], segments: Segments) -> dict[str, Any]:
