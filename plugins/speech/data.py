@@ -5,6 +5,9 @@ Nothing can be downloaded, so the bundled model learns from espeak-ng:
   pitch and amplitude drawn per clip;
 - the test split holds voices never heard in training: two whole accents and eight whole
   variants are kept out of training, and its sentences never occur in training;
+- random speaker variants (random_voices.py) give more speakers: the "train-voices" clips
+  (training accents, a new speaker each) and "val-voices" (the val sentences read by speakers
+  never heard in training, to measure what a new speaker costs without the test clips);
 - augmentation (train and test alike, seeded): gain, synthetic room impulse responses,
   an 8 kHz telephone band on part of the clips, and noise at 5-30 dB SNR.
 
@@ -30,6 +33,7 @@ import torch
 import torchaudio.functional as AF
 from tqdm import tqdm
 
+from mmserve.plugins.speech.random_voices import RandomVariant, data_dir_for, split_speakers
 from mmserve.plugins.speech.text import normalize_text
 
 SAMPLE_RATE = 16000
@@ -47,7 +51,8 @@ TRAIN_VARIANTS = (
 )  # fmt: skip
 HELD_OUT_VARIANTS = ("m6", "f4", "belinda", "grandpa", "zac", "klatt2", "Alex", "michel")
 
-SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3, "train-extra": 4}
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3, "train-extra": 4, "train-voices": 5, "val-voices": 6}
+RANDOM_VOICE_SPLITS = ("train-voices", "val-voices")  # their clips have random speaker variants
 
 
 class EspeakMissing(RuntimeError):
@@ -141,12 +146,21 @@ class Voice:
     speed: int  # words per minute
     pitch: int  # 0-99
     amplitude: int  # 0-200
+    variant: RandomVariant | None = None  # a random speaker (random_voices.py), named in `name`
+    split: str = ""  # ... of this split's speakers
+
+
+def espeak_voices_dir() -> Path:
+    """Where the copy of espeak-ng's data with the random speaker variants lives."""
+    return default_cache_dir() / "espeak-voices"
 
 
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """espeak-ng speech for `text` -> float32 waveform at 16 kHz."""
     args = [espeak_binary(), "-v", voice.name, "-s", str(voice.speed), "-p", str(voice.pitch),
             "-a", str(voice.amplitude), "--stdout", text]  # fmt: skip
+    if voice.variant is not None:
+        args.insert(1, f"--path={data_dir_for(voice.split, espeak_voices_dir())}")
     raw = subprocess.run(args, capture_output=True, check=True, timeout=60).stdout
     assert raw[:4] == b"RIFF" and len(raw) > 44, f"espeak-ng gave no WAV for {voice.name!r}"
     # Streaming output: the header's sizes are placeholders, the samples start at byte 44.
@@ -207,6 +221,9 @@ def augment(wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dic
 
 def clip_voice(split: str, index: int) -> Voice:
     rng = random.Random(zlib.crc32(f"{split}/{index}/voice".encode()))
+    if split in RANDOM_VOICE_SPLITS:  # a training accent and a speaker of its own
+        accent, variant = rng.choice(TRAIN_ACCENTS), rng.choice(split_speakers(split))
+        return Voice(f"{accent}+{variant.name}", rng.randint(130, 200), rng.randint(25, 75), rng.randint(70, 150), variant, split)
     return Voice(rng.choice(voices(split)), rng.randint(130, 200), rng.randint(25, 75), rng.randint(70, 150))
 
 
@@ -215,6 +232,8 @@ def make_clip(split: str, index: int, text: str) -> tuple[np.ndarray, dict]:
     voice = clip_voice(split, index)
     wave = synthesize(text, voice)
     wave, info = augment(wave, np.random.default_rng(zlib.crc32(f"{split}/{index}/aug".encode())))
+    if voice.variant is not None:
+        info["formant_scale"] = round(voice.variant.formant_scale, 3)
     return wave, {"text": text, "voice": voice.name, "speed": voice.speed, "pitch": voice.pitch, **info}
 
 
@@ -279,11 +298,12 @@ def build_cache(cache_dir: Path | None = None, sizes: dict[str, int] | None = No
 EXTRA_SHARD_CLIPS = 1000  # extra clips are written in shards: a larger count reuses the smaller one's
 
 
-def extra_sentences(sizes: dict[str, int], count: int) -> list[str]:
-    """Sentences of the extra training clips (seed "train-extra"), none of them in val or test.
-    The first n of a larger count are the n of a smaller one."""
+def extra_sentences(sizes: dict[str, int], count: int, split: str = "train-extra") -> list[str]:
+    """Sentences of the extra training clips of `split` ("train-extra" or "train-voices", each
+    seeded by its name), none of them in val or test. The first n of a larger count are the n
+    of a smaller one."""
     texts = split_texts(sizes)
-    return split_sentences("train-extra", count, frequent_words(), exclude=set(texts["val"]) | set(texts["test"]))
+    return split_sentences(split, count, frequent_words(), exclude=set(texts["val"]) | set(texts["test"]))
 
 
 def extra_shards(count: int, shard_clips: int = EXTRA_SHARD_CLIPS) -> list[tuple[int, int]]:
@@ -291,8 +311,8 @@ def extra_shards(count: int, shard_clips: int = EXTRA_SHARD_CLIPS) -> list[tuple
     return [(start, min(start + shard_clips, count)) for start in range(0, count, shard_clips)]
 
 
-def extra_shard_folder(start: int, end: int) -> str:
-    return f"train-extra/{start:07d}-{end:07d}"
+def extra_shard_folder(start: int, end: int, split: str = "train-extra") -> str:
+    return f"{split}/{start:07d}-{end:07d}"
 
 
 def build_extra_shard(parent: Path, texts: list[str], start: int, workers: int = 1) -> Path:
@@ -303,17 +323,25 @@ def build_extra_shard(parent: Path, texts: list[str], start: int, workers: int =
 
 
 def build_extra_train(cache_dir: Path, sizes: dict[str, int], count: int, workers: int = 4, progress: bool = True,
-                      shard_clips: int = EXTRA_SHARD_CLIPS) -> list[Path]:  # fmt: skip
-    """`count` more training clips beside the training split, in shards of `shard_clips`: the
-    training voices with fresh draws of speed, pitch, amplitude and augmentation, reading
+                      shard_clips: int = EXTRA_SHARD_CLIPS, split: str = "train-extra") -> list[Path]:  # fmt: skip
+    """`count` more training clips beside the training split, in shards of `shard_clips`:
+    "train-extra", the training voices with fresh draws of speed, pitch, amplitude and
+    augmentation, or "train-voices", a random speaker variant each (random_voices.py), reading
     sentences of their own that never occur in val or test. The val and test splits stay as
     they are, so a model trained with them is scored on the very same clips. Returns the shard
     folders; shards already written are reused (see clip_stream.py to write them while training)."""
-    sentences = extra_sentences(sizes, count)
+    sentences = extra_sentences(sizes, count, split)
     parent = split_dir(cache_dir, "train", sizes).parent
     shards = extra_shards(count, shard_clips)
-    bar = tqdm(shards, desc="espeak-ng extra clips", unit="shard", disable=not progress)
-    return [build_split(parent, "train-extra", sentences[a:b], workers, False, extra_shard_folder(a, b), a) for a, b in bar]
+    bar = tqdm(shards, desc=f"espeak-ng {split} clips", unit="shard", disable=not progress)
+    return [build_split(parent, split, sentences[a:b], workers, False, extra_shard_folder(a, b, split), a) for a, b in bar]
+
+
+def build_new_speaker_val(cache_dir: Path, sizes: dict[str, int], workers: int = 4, progress: bool = True) -> Path:
+    """"val-voices": the val sentences read by random speaker variants never heard in training
+    (training accents). Beside the val clips (the same sentences, training speakers), what a
+    new speaker costs, measured without the test clips."""
+    return build_split(split_dir(cache_dir, "val-voices", sizes).parent, "val-voices", split_texts(sizes)["val"], workers, progress)
 
 
 class SpeechClips:
@@ -344,5 +372,6 @@ class SpeechClips:
 def split_dir(cache_dir: Path, split: str, sizes: dict[str, int]) -> Path:
     """Where a split lives: val and test sentences exclude the training ones, so their folder
     names the training size too."""
-    key = f"{sizes['train']}" if split == "train" else f"{sizes[split]}-of-{sizes['train']}"
+    sized = "val" if split == "val-voices" else split  # the val sentences, new speakers
+    key = f"{sizes['train']}" if split == "train" else f"{sizes[sized]}-of-{sizes['train']}"
     return Path(cache_dir) / key / split

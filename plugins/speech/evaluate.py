@@ -20,6 +20,7 @@ from mmserve.plugins.speech.data import (
     SPLIT_SIZES,
     SpeechClips,
     build_cache,
+    build_new_speaker_val,
     default_cache_dir,
     split_dir,
     voice_novelty,
@@ -215,10 +216,13 @@ def pocketsphinx_clip_count(default: int = POCKETSPHINX_CLIPS) -> int:
 
 
 def artifact_clips(artifact_dir: Path, split: str, progress: bool = False) -> SpeechClips:
-    """The `split` clips of the data set an artifact was trained on (built once, then cached)."""
+    """The `split` clips ("val", "val-voices" or "test") of the data set an artifact was trained
+    on (built once, then cached)."""
     training = json.loads((Path(artifact_dir) / "config.json").read_text()).get("training", {})
     sizes = {k: int(training.get(f"{k}_clips", SPLIT_SIZES[k])) for k in SPLIT_SIZES}
     cache = build_cache(Path(training.get("data_dir") or default_cache_dir()), sizes, progress=progress)
+    if split == "val-voices":  # not part of the cache every run builds
+        build_new_speaker_val(cache, sizes, progress=progress)
     return SpeechClips(split_dir(cache, split, sizes))
 
 

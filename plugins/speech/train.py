@@ -37,6 +37,7 @@ from mmserve.plugins.speech.data import (
     SpeechClips,
     build_cache,
     build_extra_train,
+    build_new_speaker_val,
     default_cache_dir,
     split_dir,
 )
@@ -66,6 +67,12 @@ DEFAULTS: dict[str, Any] = {
     # 0: write every extra clip before training; N: write them in N background processes while
     # training, each shard joining the training pool as it lands (clip_stream.py)
     "extra_clip_processes": 0,
+    # clips of random speakers (random_voices.py: a training accent, one of 200 speakers espeak-ng
+    # never shipped, fresh sentences), written before training like the extra clips
+    "new_speaker_clips": 0,
+    # validate on the val clips and on the same sentences read by new random speakers
+    # ("val-voices"), so that the best weights are the best for both
+    "val_new_speakers": False,
     "data_workers": 4,  # espeak-ng subprocesses at once while generating
     # an artifact directory to start from, e.g. to continue a run: the same model settings, or
     # more listener blocks than it has (new blocks start as the identity: the model grows deeper)
@@ -355,12 +362,17 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             spoken_and_silent[1] = i + 1
 
     add_clips(split_dir(cache, "train", sizes))
-    val_clips = SpeechClips(split_dir(cache, "val", sizes))
-    val_x = clip_features(val_clips, featurizer, s["progress"], "features val", device)
+    val_sets = [SpeechClips(split_dir(cache, "val", sizes))]
+    if s["val_new_speakers"]:
+        val_sets.append(SpeechClips(build_new_speaker_val(cache, sizes, s["data_workers"], s["progress"])))
+    val_x = [x for clips in val_sets for x in clip_features(clips, featurizer, s["progress"], f"features {clips.directory.name}", device)]
+    val_texts = [clips.text(i) for clips in val_sets for i in range(len(clips))]
     if s["extra_train_clips"] and not streaming:
         for folder in build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]):
             add_clips(folder)
-    val_texts = [val_clips.text(i) for i in range(len(val_clips))]
+    if s["new_speaker_clips"]:
+        for folder in build_extra_train(cache, sizes, s["new_speaker_clips"], s["data_workers"], s["progress"], split="train-voices"):
+            add_clips(folder)
     final_size = len(train_x) + (s["extra_train_clips"] * (100 + s["silence_percent"]) // 100 if streaming else 0)
     steps_per_epoch = math.ceil(final_size / options.batch_size)  # once every shard has landed
     total_steps = options.epochs * steps_per_epoch

@@ -9,7 +9,8 @@ prints WER / CER for every pair and, with --write, stores the best pair in confi
 --padded, each pair is scored on the val clips as they are and with half a second of their
 background before and after, and chosen by the mean WER: the clean clips of training voices
 alone can favour the speller alone, which padded and long recordings and new voices punish
-(plugins/speech/README.md, "Results").
+(plugins/speech/README.md, "Results"). --new-speakers adds the val sentences read by random
+speakers never heard in training (data.py's "val-voices") to the mean.
 
     python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights \\
         --silence-report 0.3 0.4 0.5 --stats-margin-s 0.2
@@ -48,9 +49,10 @@ from mmserve.plugins.speech.evaluate import (
 from mmserve.plugins.speech.model import ListenAttendSpell
 
 
-def val_parts(artifact_dir: Path, model: ListenAttendSpell) -> tuple[ServedParts, list[str]]:
-    """The val clips as the server takes them apart, and their transcripts."""
-    clips = artifact_clips(artifact_dir, "val")
+def val_parts(artifact_dir: Path, model: ListenAttendSpell, split: str = "val") -> tuple[ServedParts, list[str]]:
+    """The val clips (or "val-voices": the same sentences, new speakers) as the server takes
+    them apart, and their transcripts."""
+    clips = artifact_clips(artifact_dir, split)
     return ServedParts(model, [clips.wave(i) for i in range(len(clips))]), [clips.text(i) for i in range(len(clips))]
 
 
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="only report val WER per longest segment, clips and recordings of several (see above)")
     parser.add_argument("--padded", action="store_true",
                         help="choose by the mean WER of the val clips as they are and padded with their background")
+    parser.add_argument("--new-speakers", action="store_true",
+                        help="score the val sentences read by new random speakers too (data.py's val-voices), in the mean")
     parser.add_argument("--write", action="store_true", help="store the best weights in config.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     # Clean val clips alone can favour a decoding that the server's other inputs punish: with
     # --padded, the same clips with their own background around them count as much.
     variants = [("as they are", parts)] + ([("padded", padded_val_parts(args.model_dir, model))] if args.padded else [])
+    if args.new_speakers:
+        variants.append(("new speakers", val_parts(args.model_dir, model, "val-voices")[0]))
     ctc_weights = args.ctc_weights or [model.config.ctc_decode_weight]
     results = []
     for ctc_weight, lm_weight in itertools.product(ctc_weights, args.lm_weights):
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ctc {ctc_weight:.2f}  lm {lm_weight:.2f}  val beam WER {rates['wer']:.2%}  CER {rates['cer']:.2%}  ({name})", flush=True)
         results.append((*mean_rates(scores), ctc_weight, lm_weight))
     wer, cer, ctc_weight, lm_weight = min(results)
-    over = " (the mean of as they are and padded)" if args.padded else ""
+    over = f" (the mean of {', '.join(name for name, _ in variants)})" if len(variants) > 1 else ""
     print(f"best on {len(texts)} val clips{over}: ctc_decode_weight {ctc_weight}, lm_weight {lm_weight} (WER {wer:.2%}, CER {cer:.2%})")
     if args.write:
         path = args.model_dir / "config.json"

@@ -54,6 +54,18 @@ def test_training_with_extra_clips_written_first_or_by_the_stream(tmp_path):
     assert kept == ["0000000-0000006", "train"]
 
 
+def test_training_with_new_speakers_validates_on_them_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))  # the espeak-ng copy with the random speakers
+    sizes = {"train": 12, "val": 3, "test": 3}
+    result, logger = train(tmp_path, "voices", new_speaker_clips=5, val_new_speakers=True)
+    assert set(pool_sizes(logger)) == {20}  # 12 + 5 new-speaker clips, 2 + 1 silent ones
+    parent = data.split_dir(tmp_path / "data", "train", sizes).parent
+    written = data.SpeechClips(parent / "train-voices" / "0000000-0000005")
+    assert all(m["voice"].partition("+")[2].startswith("rand-") for m in written.clips)
+    assert len(data.SpeechClips(data.split_dir(tmp_path / "data", "val-voices", sizes))) == 3
+    assert result.metrics["val_cer"] >= 0
+
+
 def test_a_trained_model_grows_listener_blocks_and_trains_on(tmp_path):
     small, _ = train(tmp_path, "small", keep_best=1)
     kept = list((small.artifact_dir / "checkpoints").iterdir())  # each new best, the newest one kept
@@ -81,7 +93,7 @@ def test_training_starts_before_the_stream_has_written_anything(tmp_path):
     assert not [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
 
 
-def test_the_lm_and_the_decoding_weights_of_a_trained_artifact(tmp_path, capsys):
+def test_the_lm_and_the_decoding_weights_of_a_trained_artifact(tmp_path, capsys, monkeypatch):
     import json
 
     from mmserve.plugins.speech import lm, tune
@@ -107,6 +119,12 @@ def test_the_lm_and_the_decoding_weights_of_a_trained_artifact(tmp_path, capsys)
     assert [line.split(" s,")[0] for line in report] == ["segments up to 2", "segments up to 5"]
     assert all(f"{name} " in line for line in report for name in ("as they are", "padded", "2 a recording", "4 a recording"))
     assert json.loads((result.artifact_dir / "config.json").read_text()) == written  # a report writes nothing
+    monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))  # the espeak-ng copy with the random speakers
+    tune.main(["--model-dir", str(result.artifact_dir), "--ctc-weights", "0.2", "--lm-weights", "0", "--beam", "1",
+               "--padded", "--new-speakers"])  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("(")[-1] for line in out if "val beam WER" in line] == ["as they are)", "padded)", "new speakers)"]
+    assert "(the mean of as they are, padded, new speakers)" in out[-1]
 
 
 def test_the_evaluation_of_a_trained_artifact(tmp_path):

@@ -1,0 +1,103 @@
+"""Speakers espeak-ng never shipped: random speaker variants, drawn from seeds.
+
+espeak-ng ships ~45 English speaker variants, and training hears 39 of them: few speakers, so
+a held-out one whose vocal tract lies outside theirs (variant `zac`: every formant at 145 %)
+is transcribed worse than nonsense. A random variant scales every formant frequency by one
+factor, the vocal tract length (0.8-1.5: adult men to children), with a little jitter per
+formant; it draws their heights and widths, the pitch base and range, flutter and roughness.
+Each split with random speakers has `SPEAKERS` of its own.
+
+espeak-ng reads variants only from its data directory's `voices/!v` and lists at most 349
+voices, so each split's speakers are written into a copy of that directory that holds the
+English voices alone (made once, ~2 MB), which `synthesize` points espeak-ng at.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "rand-"  # variant names: rand-<crc of the seed>
+SPEAKERS = 200  # random speakers per split (with the English voices and shipped variants: < 349)
+FORMANTS = 9  # espeak-ng's formant lines 0-8
+FORMANT_SCALE = (0.8, 1.5)  # drawn log-uniformly; the shipped variants span ~0.56-1.45
+PITCH_BASE_HZ = (65.0, 260.0)  # log-uniformly; the top of the range is 1.2-1.7 times the base
+
+
+@dataclass(frozen=True)
+class RandomVariant:
+    name: str
+    formant_scale: float
+    formants: tuple[tuple[int, int, int], ...]  # per formant: frequency, height, width (percent)
+    pitch: tuple[int, int]  # base and top, Hz
+    flutter: int
+    roughness: int
+
+    def variant_file(self) -> str:
+        """The variant as espeak-ng's `voices/!v` files write one."""
+        lines = ["language variant", f"name {self.name}", f"pitch {self.pitch[0]} {self.pitch[1]}",
+                 f"flutter {self.flutter}", f"roughness {self.roughness}"]  # fmt: skip
+        lines += [f"formant {k} {f} {h} {w}" for k, (f, h, w) in enumerate(self.formants)]
+        return "\n".join(lines) + "\n"
+
+
+def random_variant(seed: str) -> RandomVariant:
+    """The speaker variant that `seed` draws (the same seed, the same speaker)."""
+    rng = random.Random(zlib.crc32(f"random-variant/{seed}".encode()))
+    scale = math.exp(rng.uniform(*map(math.log, FORMANT_SCALE)))
+    formants = tuple((round(100 * scale * rng.uniform(0.94, 1.06)), rng.randint(70, 110), rng.randint(80, 160))
+                     for _ in range(FORMANTS))  # fmt: skip
+    base = math.exp(rng.uniform(*map(math.log, PITCH_BASE_HZ)))
+    pitch = (round(base), round(base * rng.uniform(1.2, 1.7)))
+    name = f"{PREFIX}{zlib.crc32(seed.encode()):08x}"
+    return RandomVariant(name, scale, formants, pitch, rng.randint(0, 10), rng.randint(0, 5))
+
+
+@functools.cache
+def split_speakers(split: str, count: int = SPEAKERS) -> tuple[RandomVariant, ...]:
+    """The random speakers of `split` (the same for every run)."""
+    return tuple(random_variant(f"{split}/{k}") for k in range(count))
+
+
+def system_data_dir() -> Path:
+    """espeak-ng's own data directory (`espeak-ng --version` names it)."""
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True, timeout=30).stdout
+    found = re.search(r"Data at:\s*(\S+)", out)
+    assert found, f"espeak-ng --version did not name its data directory: {out!r}"
+    return Path(found.group(1))
+
+
+# What English speech needs of espeak-ng's data: the phonemes, the English rules and voices
+# (lang/gmw: English and its West Germanic kin) and the shipped speaker variants.
+_ENGLISH_DATA = ("phondata", "phondata-manifest", "phonindex", "phontab", "intonations", "en_dict", "lang/gmw", "voices/!v")
+
+
+def data_dir_for(split: str, root: Path) -> Path:
+    """A directory to give espeak-ng as `--path`: English espeak-ng data with the random
+    speakers of `split` among its variants, under `root`/`split` (made once; safe to call from
+    many threads and processes at once)."""
+    out = Path(root) / split
+    if (out / "espeak-ng-data").is_dir():
+        return out
+    source = system_data_dir()
+    staging = Path(root) / f"{split}.{os.getpid()}.{threading.get_ident()}.tmp"
+    for part in _ENGLISH_DATA:
+        copy = shutil.copytree if (source / part).is_dir() else shutil.copy2
+        (staging / "espeak-ng-data" / part).parent.mkdir(parents=True, exist_ok=True)
+        copy(source / part, staging / "espeak-ng-data" / part)
+    for variant in split_speakers(split):
+        (staging / "espeak-ng-data" / "voices" / "!v" / variant.name).write_text(variant.variant_file())
+    try:
+        staging.rename(out)
+    except OSError:  # another writer got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

@@ -1,0 +1,78 @@
+"""Random speakers: seeded espeak-ng speaker variants beyond the shipped ones (random_voices.py),
+the splits read by them, and espeak-ng speaking with them."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from mmserve.plugins.speech import data, random_voices
+from mmserve.plugins.speech.random_voices import FORMANT_SCALE, SPEAKERS, random_variant, split_speakers
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+def test_a_random_variant_is_seeded_and_in_range():
+    assert random_variant("a/1") == random_variant("a/1") and random_variant("a/1") != random_variant("a/2")
+    speakers = split_speakers("train-voices")
+    assert len(speakers) == SPEAKERS == len({s.name for s in speakers})
+    for speaker in speakers:
+        assert FORMANT_SCALE[0] <= speaker.formant_scale <= FORMANT_SCALE[1]
+        for frequency, _, _ in speaker.formants:
+            assert 0.93 * speaker.formant_scale <= frequency / 100 <= 1.07 * speaker.formant_scale
+        assert 65 <= speaker.pitch[0] < speaker.pitch[1]
+    scales = [s.formant_scale for s in speakers]
+    assert min(scales) < 0.85 and max(scales) > 1.4  # the whole range is drawn, not a corner of it
+    lines = speakers[0].variant_file().splitlines()
+    assert lines[:2] == ["language variant", f"name {speakers[0].name}"]
+    assert [line.split()[:2] for line in lines if line.startswith("formant")] == [["formant", str(k)] for k in range(9)]
+
+
+def test_new_speaker_splits_have_training_accents_and_speakers_of_their_own():
+    train_names = {s.name for s in split_speakers("train-voices")}
+    val_names = {s.name for s in split_speakers("val-voices")}
+    assert not train_names & val_names
+    for split, names in (("train-voices", train_names), ("val-voices", val_names)):
+        for index in range(50):
+            voice = data.clip_voice(split, index)
+            accent, _, variant = voice.name.partition("+")
+            assert accent in data.TRAIN_ACCENTS and variant in names and voice.variant.name == variant
+            assert voice.split == split
+    assert data.clip_voice("train", 0).variant is None  # the shipped speakers' splits are as they were
+    sizes = {"train": 30, "val": 5, "test": 5}
+    assert data.split_dir("/c", "val-voices", sizes).parent == data.split_dir("/c", "val", sizes).parent
+
+
+def spectral_centroid(wave: np.ndarray, rate: int = data.SAMPLE_RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(wave)) ** 2
+    return float((np.fft.rfftfreq(len(wave), 1 / rate) * spectrum).sum() / spectrum.sum())
+
+
+@needs_espeak
+def test_espeak_speaks_with_random_speakers(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))
+    speakers = sorted(split_speakers("val-voices"), key=lambda s: s.formant_scale)
+    text = "she sells sea shells by the sea shore"
+    short, long_ = (data.synthesize(text, data.Voice(f"en-us+{s.name}", 160, 50, 100, s, "val-voices"))
+                    for s in (speakers[-1], speakers[0]))  # fmt: skip
+    shipped = data.synthesize(text, data.Voice("en-us", 160, 50, 100))
+    assert 1.0 < len(short) / data.SAMPLE_RATE < 5.0 and np.abs(short).max() > 0.05
+    # The shortest vocal tract (highest formants) sounds higher than the longest one.
+    assert spectral_centroid(short) > 1.2 * spectral_centroid(long_)
+    assert len(short) != len(shipped) or not np.allclose(short, shipped)
+    variants = tmp_path / "speech-data" / "espeak-voices" / "val-voices" / "espeak-ng-data" / "voices" / "!v"
+    assert {s.name for s in speakers} <= {p.name for p in variants.iterdir()}
+    assert random_voices.data_dir_for("val-voices", tmp_path / "speech-data" / "espeak-voices").is_dir()  # made once
+
+
+@needs_espeak
+def test_the_new_speaker_val_split_reads_the_val_sentences(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))
+    sizes = {"train": 30, "val": 4, "test": 5}
+    folder = data.build_new_speaker_val(tmp_path / "cache", sizes, workers=2, progress=False)
+    clips = data.SpeechClips(folder)
+    assert [clips.text(i) for i in range(len(clips))] == data.split_texts(sizes)["val"]
+    assert all(FORMANT_SCALE[0] <= m["formant_scale"] <= FORMANT_SCALE[1] for m in clips.clips)
+    assert all(0.3 < len(clips.wave(i)) / data.SAMPLE_RATE < 10 for i in range(len(clips)))
