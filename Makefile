@@ -206,14 +206,19 @@ train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s17 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s16 --set time_budget_minutes=85
 	# 100 more with 30 % of the batches joined in pairs: recordings of two sentences
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s18 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s17 --set join_prob=0.3 --set join_gap_seconds=0.3 --set time_budget_minutes=100
+	# 100 more with 40,000 clips of 200 random speakers (random_voices.py), validated on the val
+	# sentences read by 200 other new speakers too
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s18 --set join_prob=0.3 --set join_gap_seconds=0.3 --set new_speaker_clips=40000 \
+		--set val_new_speakers=true --set eval_every=800 --set time_budget_minutes=100
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
-	# by beam WER on the val clips, as they are and padded with their background, features normalised
+	# by beam WER on the val clips, as they are, padded with their background and read by new speakers, features normalised
 	# on the speech (plugins/speech/README.md; the LM, off since stage 13, is not in the grid)
 	$(BIN)/python -m mmserve.plugins.speech.lm --out plugins/speech/weights --sentences 200000
 	$(BIN)/python -m mmserve.plugins.speech.tune --model-dir plugins/speech/weights --ctc-weights 0 0.1 0.2 0.3 --lm-weights 0 \
-		--stats-margin-s 0.2 --padded --write
+		--stats-margin-s 0.2 --padded --new-speakers --write
 
 eval-speech: install
 	$(BIN)/python -m pip install --quiet -e '.[eval]'
