@@ -6,7 +6,8 @@ Nothing can be downloaded, so the bundled model learns from espeak-ng:
 - the test split holds voices never heard in training: two whole accents and eight whole
   variants are kept out of training, and its sentences never occur in training;
 - random speaker variants (random_voices.py) give more speakers: the "train-voices" clips
-  (training accents, a new speaker each) and "val-voices" (the val sentences read by speakers
+  (training accents, a new speaker each), "train-voices-varied" (speakers that also vary in
+  voice source: Klatt, breath, tone) and "val-voices" (the val sentences read by speakers
   never heard in training, to measure what a new speaker costs without the test clips);
 - augmentation (train and test alike, seeded): gain, synthetic room impulse responses,
   an 8 kHz telephone band on part of the clips, and noise at 5-30 dB SNR.
@@ -51,8 +52,9 @@ TRAIN_VARIANTS = (
 )  # fmt: skip
 HELD_OUT_VARIANTS = ("m6", "f4", "belinda", "grandpa", "zac", "klatt2", "Alex", "michel")
 
-SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3, "train-extra": 4, "train-voices": 5, "val-voices": 6}
-RANDOM_VOICE_SPLITS = ("train-voices", "val-voices")  # their clips have random speaker variants
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3, "train-extra": 4, "train-voices": 5, "val-voices": 6, "train-voices-varied": 7}
+# Their clips have random speaker variants; "train-voices-varied" ones vary in voice source too.
+RANDOM_VOICE_SPLITS = ("train-voices", "val-voices", "train-voices-varied")
 
 
 class EspeakMissing(RuntimeError):
@@ -299,9 +301,9 @@ EXTRA_SHARD_CLIPS = 1000  # extra clips are written in shards: a larger count re
 
 
 def extra_sentences(sizes: dict[str, int], count: int, split: str = "train-extra") -> list[str]:
-    """Sentences of the extra training clips of `split` ("train-extra" or "train-voices", each
-    seeded by its name), none of them in val or test. The first n of a larger count are the n
-    of a smaller one."""
+    """Sentences of the extra training clips of `split` ("train-extra", "train-voices" or
+    "train-voices-varied", each seeded by its name), none of them in val or test. The first n
+    of a larger count are the n of a smaller one."""
     texts = split_texts(sizes)
     return split_sentences(split, count, frequent_words(), exclude=set(texts["val"]) | set(texts["test"]))
 
@@ -326,8 +328,8 @@ def build_extra_train(cache_dir: Path, sizes: dict[str, int], count: int, worker
                       shard_clips: int = EXTRA_SHARD_CLIPS, split: str = "train-extra") -> list[Path]:  # fmt: skip
     """`count` more training clips beside the training split, in shards of `shard_clips`:
     "train-extra", the training voices with fresh draws of speed, pitch, amplitude and
-    augmentation, or "train-voices", a random speaker variant each (random_voices.py), reading
-    sentences of their own that never occur in val or test. The val and test splits stay as
+    augmentation, or "train-voices" and "train-voices-varied", a random speaker variant each
+    (random_voices.py), reading sentences of their own that never occur in val or test. The val and test splits stay as
     they are, so a model trained with them is scored on the very same clips. Returns the shard
     folders; shards already written are reused (see clip_stream.py to write them while training)."""
     sentences = extra_sentences(sizes, count, split)

@@ -5,7 +5,10 @@ a held-out one whose vocal tract lies outside theirs (variant `zac`: every forma
 is transcribed worse than nonsense. A random variant scales every formant frequency by one
 factor, the vocal tract length (0.8-1.5: adult men to children), with a little jitter per
 formant; it draws their heights and widths, the pitch base and range, flutter and roughness.
-Each split with random speakers has `SPEAKERS` of its own.
+Each split with random speakers has `SPEAKERS` of its own. The speakers of a "varied" split
+(`VARIED_SPLITS`) also differ in how their voice is made, as the shipped variants do: some
+speak through the Klatt synthesiser (its voice sources 1-6), with breath noise on their formants,
+a tone curve (spectral tilt), other voicing and consonant strengths, and a wider pitch range.
 
 espeak-ng reads variants only from its data directory's `voices/!v` and lists at most 349
 voices, so each split's speakers are written into a copy of that directory that holds the
@@ -31,6 +34,7 @@ SPEAKERS = 200  # random speakers per split (with the English voices and shipped
 FORMANTS = 9  # espeak-ng's formant lines 0-8
 FORMANT_SCALE = (0.8, 1.5)  # drawn log-uniformly; the shipped variants span ~0.56-1.45
 PITCH_BASE_HZ = (65.0, 260.0)  # log-uniformly; the top of the range is 1.2-1.7 times the base
+VARIED_SPLITS = ("train-voices-varied",)  # random speakers that also vary in their voice source
 
 
 @dataclass(frozen=True)
@@ -41,31 +45,55 @@ class RandomVariant:
     pitch: tuple[int, int]  # base and top, Hz
     flutter: int
     roughness: int
+    # Voice-source lines of a varied speaker (espeak-ng's keyword and values): klatt, breath, tone,
+    # voicing, consonants; none for a plain one.
+    source: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def variant_file(self) -> str:
         """The variant as espeak-ng's `voices/!v` files write one."""
         lines = ["language variant", f"name {self.name}", f"pitch {self.pitch[0]} {self.pitch[1]}",
                  f"flutter {self.flutter}", f"roughness {self.roughness}"]  # fmt: skip
         lines += [f"formant {k} {f} {h} {w}" for k, (f, h, w) in enumerate(self.formants)]
+        lines += [" ".join([keyword, *map(str, values)]) for keyword, values in self.source]
         return "\n".join(lines) + "\n"
 
 
-def random_variant(seed: str) -> RandomVariant:
-    """The speaker variant that `seed` draws (the same seed, the same speaker)."""
+def random_variant(seed: str, varied: bool = False) -> RandomVariant:
+    """The speaker variant that `seed` draws (the same seed, the same speaker); `varied` draws
+    its voice source too (`voice_source`) and a pitch range up to twice its base."""
     rng = random.Random(zlib.crc32(f"random-variant/{seed}".encode()))
     scale = math.exp(rng.uniform(*map(math.log, FORMANT_SCALE)))
     formants = tuple((round(100 * scale * rng.uniform(0.94, 1.06)), rng.randint(70, 110), rng.randint(80, 160))
                      for _ in range(FORMANTS))  # fmt: skip
     base = math.exp(rng.uniform(*map(math.log, PITCH_BASE_HZ)))
-    pitch = (round(base), round(base * rng.uniform(1.2, 1.7)))
+    pitch = (round(base), round(base * rng.uniform(1.2, 2.0 if varied else 1.7)))
     name = f"{PREFIX}{zlib.crc32(seed.encode()):08x}"
-    return RandomVariant(name, scale, formants, pitch, rng.randint(0, 10), rng.randint(0, 5))
+    source = voice_source(random.Random(zlib.crc32(f"voice-source/{seed}".encode()))) if varied else ()
+    return RandomVariant(name, scale, formants, pitch, rng.randint(0, 10), rng.randint(0, 5), source)
+
+
+def voice_source(rng: random.Random) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """How a varied speaker's voice is made, each trait drawn on its own (ranges from the
+    shipped variants): half speak through the Klatt synthesiser, a quarter of those breathily."""
+    lines: list[tuple[str, tuple[int, ...]]] = []
+    if rng.random() < 0.5:
+        lines.append(("klatt", (rng.randint(1, 6),)))
+        if rng.random() < 0.25:  # breath noise on the upper formants (Klatt only)
+            lines.append(("breath", tuple([0, 0] + [rng.randint(0, 100) for _ in range(6)])))
+    if rng.random() < 0.35:  # frequency (Hz) and amplitude pairs: the spectrum's tilt
+        lines.append(("tone", (rng.randint(100, 600), rng.randint(60, 255), rng.randint(1000, 1500),
+                               rng.randint(20, 200), rng.randint(2000, 3000), rng.randint(10, 100))))  # fmt: skip
+    if rng.random() < 0.3:
+        lines.append(("voicing", (rng.randint(30, 200),)))
+    if rng.random() < 0.3:
+        lines.append(("consonants", (rng.randint(50, 150), rng.randint(40, 190))))
+    return tuple(lines)
 
 
 @functools.cache
 def split_speakers(split: str, count: int = SPEAKERS) -> tuple[RandomVariant, ...]:
     """The random speakers of `split` (the same for every run)."""
-    return tuple(random_variant(f"{split}/{k}") for k in range(count))
+    return tuple(random_variant(f"{split}/{k}", varied=split in VARIED_SPLITS) for k in range(count))
 
 
 def system_data_dir() -> Path:

@@ -70,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
     # clips of random speakers (random_voices.py: a training accent, one of 200 speakers espeak-ng
     # never shipped, fresh sentences), written before training like the extra clips
     "new_speaker_clips": 0,
+    # ... of 200 other random speakers that also vary in voice source (Klatt, breath, tone, voicing)
+    "varied_speaker_clips": 0,
     # validate on the val clips and on the same sentences read by new random speakers
     # ("val-voices"), so that the best weights are the best for both
     "val_new_speakers": False,
@@ -372,6 +374,10 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
             add_clips(folder)
     if s["new_speaker_clips"]:
         for folder in build_extra_train(cache, sizes, s["new_speaker_clips"], s["data_workers"], s["progress"], split="train-voices"):
+            add_clips(folder)
+    if s["varied_speaker_clips"]:
+        for folder in build_extra_train(cache, sizes, s["varied_speaker_clips"], s["data_workers"], s["progress"],
+                                        split="train-voices-varied"):  # fmt: skip
             add_clips(folder)
     final_size = len(train_x) + (s["extra_train_clips"] * (100 + s["silence_percent"]) // 100 if streaming else 0)
     steps_per_epoch = math.ceil(final_size / options.batch_size)  # once every shard has landed

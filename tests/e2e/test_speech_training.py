@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from mmserve.plugins.speech import data
+from mmserve.plugins.speech import data, random_voices
 from mmserve.plugins.speech.checkpoint import load_speech_model
 from mmserve.plugins.speech.feature_cache import features_path
 from mmserve.plugins.speech.train import train_speech
@@ -57,11 +57,14 @@ def test_training_with_extra_clips_written_first_or_by_the_stream(tmp_path):
 def test_training_with_new_speakers_validates_on_them_too(tmp_path, monkeypatch):
     monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))  # the espeak-ng copy with the random speakers
     sizes = {"train": 12, "val": 3, "test": 3}
-    result, logger = train(tmp_path, "voices", new_speaker_clips=5, val_new_speakers=True)
-    assert set(pool_sizes(logger)) == {20}  # 12 + 5 new-speaker clips, 2 + 1 silent ones
+    result, logger = train(tmp_path, "voices", new_speaker_clips=5, varied_speaker_clips=3, val_new_speakers=True)
+    assert set(pool_sizes(logger)) == {24}  # 12 + 5 new-speaker + 3 varied-speaker clips, 2 + 1 + 1 silent ones
     parent = data.split_dir(tmp_path / "data", "train", sizes).parent
-    written = data.SpeechClips(parent / "train-voices" / "0000000-0000005")
-    assert all(m["voice"].partition("+")[2].startswith("rand-") for m in written.clips)
+    for folder in ("train-voices/0000000-0000005", "train-voices-varied/0000000-0000003"):
+        written = data.SpeechClips(parent / folder)
+        assert all(m["voice"].partition("+")[2].startswith("rand-") for m in written.clips)
+    varied = {s.name for s in random_voices.split_speakers("train-voices-varied")}
+    assert all(m["voice"].partition("+")[2] in varied for m in written.clips)
     assert len(data.SpeechClips(data.split_dir(tmp_path / "data", "val-voices", sizes))) == 3
     assert result.metrics["val_cer"] >= 0
 

@@ -30,11 +30,29 @@ def test_a_random_variant_is_seeded_and_in_range():
     assert [line.split()[:2] for line in lines if line.startswith("formant")] == [["formant", str(k)] for k in range(9)]
 
 
+def test_varied_speakers_also_vary_their_voice_source():
+    plain, varied = split_speakers("train-voices"), split_speakers("train-voices-varied")
+    assert all(s.source == () for s in plain) and not {s.name for s in plain} & {s.name for s in varied}
+    assert random_variant("a/1", varied=True) == random_variant("a/1", varied=True)
+    drawn = [keyword for s in varied for keyword, _ in s.source]
+    for keyword in ("klatt", "breath", "tone", "voicing", "consonants"):
+        assert 5 < drawn.count(keyword) < len(varied)  # each trait on some speakers, not all
+    for speaker in varied:
+        source = dict(speaker.source)
+        assert "breath" not in source or "klatt" in source  # espeak-ng breathes through Klatt only
+        assert 1 <= source.get("klatt", (1,))[0] <= 6 and speaker.pitch[1] <= 2 * speaker.pitch[0] + 1
+        lines = speaker.variant_file().splitlines()  # 5 header lines, 9 formants, then the source
+        assert [line.split()[0] for line in lines[14:]] == [keyword for keyword, _ in speaker.source]
+    assert max(s.pitch[1] / s.pitch[0] for s in varied) > 1.75  # a wider pitch range than the plain draw's 1.7
+
+
 def test_new_speaker_splits_have_training_accents_and_speakers_of_their_own():
     train_names = {s.name for s in split_speakers("train-voices")}
     val_names = {s.name for s in split_speakers("val-voices")}
     assert not train_names & val_names
-    for split, names in (("train-voices", train_names), ("val-voices", val_names)):
+    varied_names = {s.name for s in split_speakers("train-voices-varied")}
+    assert not varied_names & val_names
+    for split, names in (("train-voices", train_names), ("val-voices", val_names), ("train-voices-varied", varied_names)):
         for index in range(50):
             voice = data.clip_voice(split, index)
             accent, _, variant = voice.name.partition("+")
@@ -65,6 +83,21 @@ def test_espeak_speaks_with_random_speakers(tmp_path, monkeypatch):
     variants = tmp_path / "speech-data" / "espeak-voices" / "val-voices" / "espeak-ng-data" / "voices" / "!v"
     assert {s.name for s in speakers} <= {p.name for p in variants.iterdir()}
     assert random_voices.data_dir_for("val-voices", tmp_path / "speech-data" / "espeak-voices").is_dir()  # made once
+
+
+@needs_espeak
+def test_espeak_speaks_through_a_varied_voice_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))
+    breathy = next(s for s in split_speakers("train-voices-varied") if "breath" in dict(s.source))
+    plain = random_voices.RandomVariant(breathy.name, breathy.formant_scale, breathy.formants, breathy.pitch,
+                                        breathy.flutter, breathy.roughness)  # fmt: skip
+    text = "she sells sea shells by the sea shore"
+    wave = data.synthesize(text, data.Voice(f"en-us+{breathy.name}", 160, 50, 100, breathy, "train-voices-varied"))
+    assert np.abs(wave).max() > 0.05 and 0.4 < len(wave) / data.SAMPLE_RATE < 6.0  # speech, of a plausible length
+    # The same speaker without the Klatt source, written into a split of its own, sounds different.
+    monkeypatch.setattr(random_voices, "split_speakers", lambda split, count=0: (plain,))
+    other = data.synthesize(text, data.Voice(f"en-us+{plain.name}", 160, 50, 100, plain, "plain-copy"))
+    assert len(other) != len(wave) or not np.allclose(other, wave, atol=1e-3)
 
 
 @needs_espeak
