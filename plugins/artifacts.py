@@ -70,6 +70,14 @@ def read_metrics(directory: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
 
 
+def with_test_metrics(stored: dict[str, float], evaluated: dict[str, float]) -> dict[str, float]:
+    """`stored` metrics with a new test evaluation's as their `test_*` ones. An earlier
+    evaluation's test figures go: kept beside the new ones, a figure the current evaluation no
+    longer measures would read as current."""
+    kept = {k: v for k, v in stored.items() if not k.startswith("test_")}
+    return kept | {k if k.startswith("test_") else f"test_{k}": v for k, v in evaluated.items()}
+
+
 def read_task_config(directory: Path, task: str, format_version: int) -> dict[str, Any]:
     """config.json of an artifact that must be `task`'s, at `format_version`; ValueError otherwise."""
     config = read_config(directory)

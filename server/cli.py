@@ -256,7 +256,7 @@ def _test_metrics(task, artifact_dir: Path, logger, device: str, known: dict[str
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mmserve.plugins.artifacts import read_metrics, write_metrics
+    from mmserve.plugins.artifacts import read_metrics, with_test_metrics, write_metrics
     from mmserve.plugins.tracking import NullRunLogger
     from mmserve.registry.models import ModelRegistry
 
@@ -277,9 +277,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.write_metrics:
         if args.model_dir is None:
             raise SystemExit("--write-metrics needs --model-dir (the artifact directory to write metrics.json into)")
-        stored = read_metrics(model_dir)
-        stored.update({k if k.startswith("test_") else f"test_{k}": v for k, v in metrics.items()})
-        print(f"wrote {write_metrics(model_dir, stored)}", file=sys.stderr)
+        print(f"wrote {write_metrics(model_dir, with_test_metrics(read_metrics(model_dir), metrics))}", file=sys.stderr)
     print(json.dumps(metrics, indent=2))
     return 0
 
