@@ -210,9 +210,14 @@ train-speech: install
 		--set init_from=/tmp/mmserve-speech-s17 --set join_prob=0.3 --set join_gap_seconds=0.3 --set time_budget_minutes=100
 	# 100 more with 40,000 clips of 200 random speakers (random_voices.py), validated on the val
 	# sentences read by 200 other new speakers too
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s19 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s18 --set join_prob=0.3 --set join_gap_seconds=0.3 --set new_speaker_clips=40000 \
 		--set val_new_speakers=true --set eval_every=800 --set time_budget_minutes=100
+	# 105 more with 40,000 clips of 200 more random speakers who also vary in voice source (Klatt,
+	# breath, tone, voicing)
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s19 --set join_prob=0.3 --set join_gap_seconds=0.3 --set new_speaker_clips=40000 \
+		--set varied_speaker_clips=40000 --set val_new_speakers=true --set eval_every=800 --set time_budget_minutes=105
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, as they are, padded with their background and read by new speakers, features normalised
 	# on the speech (plugins/speech/README.md; the LM, off since stage 13, is not in the grid)
