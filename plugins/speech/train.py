@@ -372,13 +372,10 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     if s["extra_train_clips"] and not streaming:
         for folder in build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]):
             add_clips(folder)
-    if s["new_speaker_clips"]:
-        for folder in build_extra_train(cache, sizes, s["new_speaker_clips"], s["data_workers"], s["progress"], split="train-voices"):
-            add_clips(folder)
-    if s["varied_speaker_clips"]:
-        for folder in build_extra_train(cache, sizes, s["varied_speaker_clips"], s["data_workers"], s["progress"],
-                                        split="train-voices-varied"):  # fmt: skip
-            add_clips(folder)
+    for setting, split in (("new_speaker_clips", "train-voices"), ("varied_speaker_clips", "train-voices-varied")):
+        if s[setting]:
+            for folder in build_extra_train(cache, sizes, s[setting], s["data_workers"], s["progress"], split=split):
+                add_clips(folder)
     final_size = len(train_x) + (s["extra_train_clips"] * (100 + s["silence_percent"]) // 100 if streaming else 0)
     steps_per_epoch = math.ceil(final_size / options.batch_size)  # once every shard has landed
     total_steps = options.epochs * steps_per_epoch
