@@ -7,7 +7,8 @@ Nothing can be downloaded, so the bundled model learns from espeak-ng:
   variants are kept out of training, and its sentences never occur in training;
 - random speaker variants (random_voices.py) give more speakers: the "train-voices" clips
   (training accents, a new speaker each), "train-voices-varied" (speakers that also vary in
-  voice source: Klatt, breath, tone) and "val-voices" (the val sentences read by speakers
+  voice source: Klatt, breath, tone), "train-accents" (varied speakers with a random accent
+  of their own on top of a training accent) and "val-voices" (the val sentences read by speakers
   never heard in training, to measure what a new speaker costs without the test clips);
 - augmentation (train and test alike, seeded): gain, synthetic room impulse responses,
   an 8 kHz telephone band on part of the clips, and noise at 5-30 dB SNR.
@@ -52,9 +53,11 @@ TRAIN_VARIANTS = (
 )  # fmt: skip
 HELD_OUT_VARIANTS = ("m6", "f4", "belinda", "grandpa", "zac", "klatt2", "Alex", "michel")
 
-SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3, "train-extra": 4, "train-voices": 5, "val-voices": 6, "train-voices-varied": 7}
-# Their clips have random speaker variants; "train-voices-varied" ones vary in voice source too.
-RANDOM_VOICE_SPLITS = ("train-voices", "val-voices", "train-voices-varied")
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3, "train-extra": 4, "train-voices": 5, "val-voices": 6,
+               "train-voices-varied": 7, "train-accents": 8}  # fmt: skip
+# Their clips have random speaker variants; "train-voices-varied" ones vary in voice source too,
+# "train-accents" ones in accent as well.
+RANDOM_VOICE_SPLITS = ("train-voices", "val-voices", "train-voices-varied", "train-accents")
 
 
 class EspeakMissing(RuntimeError):
@@ -157,9 +160,21 @@ def espeak_voices_dir() -> Path:
     return default_cache_dir() / "espeak-voices"
 
 
+# espeak-ng (1.51) finds "en-gb" by its language line and then drops the "+variant": every
+# "en-gb+m3" spoke as plain en-gb, one speaker for a sixth of the training clips. The same
+# voice's file is named "en", and "en+m3" keeps the variant.
+_ESPEAK_ACCENT_NAMES = {"en-gb": "en"}
+
+
+def espeak_voice_name(voice: str) -> str:
+    """The name to give espeak-ng for a voice `accent+variant`, so that the variant is used."""
+    accent, plus, variant = voice.partition("+")
+    return _ESPEAK_ACCENT_NAMES.get(accent, accent) + plus + variant
+
+
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """espeak-ng speech for `text` -> float32 waveform at 16 kHz."""
-    args = [espeak_binary(), "-v", voice.name, "-s", str(voice.speed), "-p", str(voice.pitch),
+    args = [espeak_binary(), "-v", espeak_voice_name(voice.name), "-s", str(voice.speed), "-p", str(voice.pitch),
             "-a", str(voice.amplitude), "--stdout", text]  # fmt: skip
     if voice.variant is not None:
         args.insert(1, f"--path={data_dir_for(voice.split, espeak_voices_dir())}")
@@ -301,8 +316,8 @@ EXTRA_SHARD_CLIPS = 1000  # extra clips are written in shards: a larger count re
 
 
 def extra_sentences(sizes: dict[str, int], count: int, split: str = "train-extra") -> list[str]:
-    """Sentences of the extra training clips of `split` ("train-extra", "train-voices" or
-    "train-voices-varied", each seeded by its name), none of them in val or test. The first n
+    """Sentences of the extra training clips of `split` ("train-extra", "train-voices",
+    "train-voices-varied" or "train-accents", each seeded by its name), none of them in val or test. The first n
     of a larger count are the n of a smaller one."""
     texts = split_texts(sizes)
     return split_sentences(split, count, frequent_words(), exclude=set(texts["val"]) | set(texts["test"]))
@@ -328,7 +343,7 @@ def build_extra_train(cache_dir: Path, sizes: dict[str, int], count: int, worker
                       shard_clips: int = EXTRA_SHARD_CLIPS, split: str = "train-extra") -> list[Path]:  # fmt: skip
     """`count` more training clips beside the training split, in shards of `shard_clips`:
     "train-extra", the training voices with fresh draws of speed, pitch, amplitude and
-    augmentation, or "train-voices" and "train-voices-varied", a random speaker variant each
+    augmentation, or "train-voices", "train-voices-varied" and "train-accents", a random speaker variant each
     (random_voices.py), reading sentences of their own that never occur in val or test. The val and test splits stay as
     they are, so a model trained with them is scored on the very same clips. Returns the shard
     folders; shards already written are reused (see clip_stream.py to write them while training)."""

@@ -72,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "new_speaker_clips": 0,
     # ... of 200 other random speakers that also vary in voice source (Klatt, breath, tone, voicing)
     "varied_speaker_clips": 0,
+    # ... of 200 other varied speakers with a random accent each (sound shifts and stress timing)
+    "accent_clips": 0,
     # validate on the val clips and on the same sentences read by new random speakers
     # ("val-voices"), so that the best weights are the best for both
     "val_new_speakers": False,
@@ -372,7 +374,8 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     if s["extra_train_clips"] and not streaming:
         for folder in build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]):
             add_clips(folder)
-    for setting, split in (("new_speaker_clips", "train-voices"), ("varied_speaker_clips", "train-voices-varied")):
+    for setting, split in (("new_speaker_clips", "train-voices"), ("varied_speaker_clips", "train-voices-varied"),
+                           ("accent_clips", "train-accents")):
         if s[setting]:
             for folder in build_extra_train(cache, sizes, s[setting], s["data_workers"], s["progress"], split=split):
                 add_clips(folder)

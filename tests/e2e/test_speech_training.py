@@ -57,14 +57,15 @@ def test_training_with_extra_clips_written_first_or_by_the_stream(tmp_path):
 def test_training_with_new_speakers_validates_on_them_too(tmp_path, monkeypatch):
     monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))  # the espeak-ng copy with the random speakers
     sizes = {"train": 12, "val": 3, "test": 3}
-    result, logger = train(tmp_path, "voices", new_speaker_clips=5, varied_speaker_clips=3, val_new_speakers=True)
-    assert set(pool_sizes(logger)) == {24}  # 12 + 5 new-speaker + 3 varied-speaker clips, 2 + 1 + 1 silent ones
+    result, logger = train(tmp_path, "voices", new_speaker_clips=5, varied_speaker_clips=3, accent_clips=2,
+                           val_new_speakers=True)  # fmt: skip
+    # 12 + 5 new-speaker + 3 varied-speaker + 2 accented clips, and 20 % as many silent ones
+    assert set(pool_sizes(logger)) == {26}
     parent = data.split_dir(tmp_path / "data", "train", sizes).parent
-    for folder in ("train-voices/0000000-0000005", "train-voices-varied/0000000-0000003"):
-        written = data.SpeechClips(parent / folder)
-        assert all(m["voice"].partition("+")[2].startswith("rand-") for m in written.clips)
-    varied = {s.name for s in random_voices.split_speakers("train-voices-varied")}
-    assert all(m["voice"].partition("+")[2] in varied for m in written.clips)
+    for split, count in (("train-voices", 5), ("train-voices-varied", 3), ("train-accents", 2)):
+        written = data.SpeechClips(parent / split / f"0000000-{count:07d}")
+        speakers = {s.name for s in random_voices.split_speakers(split)}
+        assert len(written) == count and all(m["voice"].partition("+")[2] in speakers for m in written.clips)
     assert len(data.SpeechClips(data.split_dir(tmp_path / "data", "val-voices", sizes))) == 3
     assert result.metrics["val_cer"] >= 0
 

@@ -4,6 +4,7 @@ the splits read by them, and espeak-ng speaking with them."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -47,13 +48,34 @@ def test_varied_speakers_also_vary_their_voice_source():
     assert max(s.pitch[1] / s.pitch[0] for s in varied) > 1.75  # a wider pitch range than the plain draw's 1.7
 
 
+def test_accented_speakers_draw_sound_shifts_and_stress_of_their_own():
+    accented = split_speakers("train-accents")
+    assert all(s.accent == () for split in ("train-voices", "val-voices", "train-voices-varied") for s in split_speakers(split))
+    assert all(s.accent for s in accented) and sum(bool(s.source) for s in accented) > 100  # varied speakers too
+    shifts = set(random_voices.VOWEL_SHIFTS + random_voices.CONSONANT_SHIFTS)
+    for speaker in accented:
+        replaced = [values for keyword, values in speaker.accent if keyword == "replace"]
+        assert replaced and len({source for _, source, _ in replaced}) == len(replaced)  # one rule a phoneme
+        for flags, source, target in replaced:
+            pool = random_voices.FINAL_DEVOICING if flags == "01" else shifts
+            assert flags in ("00", "01", "02") and (source, target) in pool
+        lines = speaker.variant_file().splitlines()
+        assert [line.split()[0] for line in lines[-len(speaker.accent) :]] == [keyword for keyword, _ in speaker.accent]
+    kinds = [{keyword if keyword != "replace" else f"replace {values[0]}" for keyword, values in s.accent} for s in accented]
+    for kind in ("replace 00", "replace 01", "replace 02", "stressLength", "stressAmp"):
+        assert sum(kind in drawn for drawn in kinds) in range(6, len(accented))  # on some speakers, not all
+    assert len({s.accent for s in accented}) > 0.9 * len(accented)  # accents of their own, not a few shared
+
+
 def test_new_speaker_splits_have_training_accents_and_speakers_of_their_own():
     train_names = {s.name for s in split_speakers("train-voices")}
     val_names = {s.name for s in split_speakers("val-voices")}
     assert not train_names & val_names
     varied_names = {s.name for s in split_speakers("train-voices-varied")}
-    assert not varied_names & val_names
-    for split, names in (("train-voices", train_names), ("val-voices", val_names), ("train-voices-varied", varied_names)):
+    accented_names = {s.name for s in split_speakers("train-accents")}
+    assert not varied_names & val_names and not accented_names & (val_names | varied_names)
+    for split, names in (("train-voices", train_names), ("val-voices", val_names), ("train-voices-varied", varied_names),
+                         ("train-accents", accented_names)):  # fmt: skip
         for index in range(50):
             voice = data.clip_voice(split, index)
             accent, _, variant = voice.name.partition("+")
@@ -99,6 +121,29 @@ def test_espeak_speaks_through_a_varied_voice_source(tmp_path, monkeypatch):
     monkeypatch.setattr(random_voices, "split_speakers", lambda split, count=0: (plain,))
     other = data.synthesize(text, data.Voice(f"en-us+{plain.name}", 160, 50, 100, plain, "plain-copy"))
     assert len(other) != len(wave) or not np.allclose(other, wave, atol=1e-3)
+
+
+@needs_espeak
+def test_espeak_speaks_with_a_random_accent(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))
+    base = split_speakers("train-voices")[0]
+    shifted = random_voices.RandomVariant(base.name, base.formant_scale, base.formants, base.pitch, base.flutter,
+                                          base.roughness, accent=(("replace", ("00", "D", "d")), ("replace", ("00", "aI", "OI"))))  # fmt: skip
+    monkeypatch.setattr(random_voices, "split_speakers", lambda split, count=0: (shifted if split == "shifted" else base,))
+    root = tmp_path / "speech-data" / "espeak-voices"
+
+    def phonemes(split: str, accent: str) -> str:
+        path = random_voices.data_dir_for(split, root)
+        args = ["espeak-ng", f"--path={path}", "-v", data.espeak_voice_name(f"{accent}+{base.name}"), "-x", "-q", "this time"]
+        return subprocess.run(args, capture_output=True, text=True, check=True, timeout=30).stdout.split()
+
+    for accent in data.TRAIN_ACCENTS:  # the shifts apply on top of every training accent
+        plain, accented = phonemes("plain", accent), phonemes("shifted", accent)
+        assert plain != accented and "d" in accented[0] and "OI" in accented[1], (accent, plain, accented)
+    text = "this is the time"
+    wave = data.synthesize(text, data.Voice(f"en-us+{base.name}", 160, 50, 100, shifted, "shifted"))
+    other = data.synthesize(text, data.Voice(f"en-us+{base.name}", 160, 50, 100, base, "plain"))
+    assert np.abs(wave).max() > 0.05 and (len(other) != len(wave) or not np.allclose(other, wave, atol=1e-3))
 
 
 @needs_espeak
