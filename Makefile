@@ -215,9 +215,16 @@ train-speech: install
 		--set val_new_speakers=true --set eval_every=800 --set time_budget_minutes=100
 	# 105 more with 40,000 clips of 200 more random speakers who also vary in voice source (Klatt,
 	# breath, tone, voicing)
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s20 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s19 --set join_prob=0.3 --set join_gap_seconds=0.3 --set new_speaker_clips=40000 \
 		--set varied_speaker_clips=40000 --set val_new_speakers=true --set eval_every=800 --set time_budget_minutes=105
+	# 75 more with 40,000 clips of 200 speakers with random accents of their own (sound shifts,
+	# stress timing) beside a smaller pool of the earlier kinds (40,000 extra, 20,000 and 20,000
+	# random speakers), the en-gb clips now with their speaker variants
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s20 --set join_prob=0.3 --set join_gap_seconds=0.3 --set extra_train_clips=40000 \
+		--set new_speaker_clips=20000 --set varied_speaker_clips=20000 --set accent_clips=40000 --set val_new_speakers=true \
+		--set eval_every=800 --set time_budget_minutes=75
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, as they are, padded with their background and read by new speakers, features normalised
 	# on the speech (plugins/speech/README.md; the LM, off since stage 13, is not in the grid)
