@@ -132,7 +132,7 @@ def test_espeak_speaks_with_a_random_accent(tmp_path, monkeypatch):
     monkeypatch.setattr(random_voices, "split_speakers", lambda split, count=0: (shifted if split == "shifted" else base,))
     root = tmp_path / "speech-data" / "espeak-voices"
 
-    def phonemes(split: str, accent: str) -> str:
+    def phonemes(split: str, accent: str) -> list[str]:
         path = random_voices.data_dir_for(split, root)
         args = ["espeak-ng", f"--path={path}", "-v", data.espeak_voice_name(f"{accent}+{base.name}"), "-x", "-q", "this time"]
         return subprocess.run(args, capture_output=True, text=True, check=True, timeout=30).stdout.split()
