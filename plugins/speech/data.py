@@ -94,6 +94,21 @@ def voice_novelty(voice: str) -> str:
     return "new_accent" if new_accent else "new_variant" if new_variant else "seen"
 
 
+NOISY_BELOW_DB = 20.0  # noise this loud or louder makes a clip "noisy"
+
+
+def recording_condition(clip: dict) -> str:
+    """What augmentation did to a clip (its metadata), the harshest first: "telephone" (8 kHz
+    band), "reverberant", "noisy" (SNR below 20 dB) or "clean" (dry, wideband, quieter noise
+    or none), so that the error rates can be read apart from the voice."""
+    if clip.get("telephone"):
+        return "telephone"
+    if clip.get("reverb"):
+        return "reverberant"
+    snr = clip.get("snr_db")
+    return "noisy" if snr is not None and snr < NOISY_BELOW_DB else "clean"
+
+
 # ----- text ---------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from mmserve.plugins.speech.data import (
     build_cache,
     build_new_speaker_val,
     default_cache_dir,
+    recording_condition,
     split_dir,
     voice_novelty,
 )
@@ -278,11 +279,14 @@ def evaluate_artifact(
                         f"{name}_recordings": float(len(recordings))})  # fmt: skip
     # Where the errors are: clips whose voice has an accent, a speaker variant, or both that
     # training never heard (e.g. beam_wer_new_accent, clips_new_variant).
+    # And by what augmentation did to the recording (e.g. beam_wer_reverberant, clips_clean).
     novelty = [voice_novelty(clips.clips[i]["voice"]) for i in range(len(clips))]
-    for name in ("greedy", "beam"):
-        for group, rates in error_rates_by_group(texts, hyps[name], novelty).items():
-            metrics.update({f"{name}_wer_{group}": rates["wer"], f"{name}_cer_{group}": rates["cer"]})
-    metrics.update({f"clips_{group}": float(novelty.count(group)) for group in sorted(set(novelty))})
+    condition = [recording_condition(clips.clips[i]) for i in range(len(clips))]
+    for groups in (novelty, condition):
+        for name in ("greedy", "beam"):
+            for group, rates in error_rates_by_group(texts, hyps[name], groups).items():
+                metrics.update({f"{name}_wer_{group}": rates["wer"], f"{name}_cer_{group}": rates["cer"]})
+        metrics.update({f"clips_{group}": float(groups.count(group)) for group in sorted(set(groups))})
     if model.ctc is not None:
         hyps["ctc_greedy"] = parts.join(ctc_transcribe(model, parts.features))
         rates = error_rates(texts, hyps["ctc_greedy"])

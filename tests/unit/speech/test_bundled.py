@@ -25,6 +25,10 @@ def test_bundled_weights_load_small_with_metrics():
     groups = ("new_accent", "new_variant", "new_accent_and_variant")
     assert sum(metrics[f"test_clips_{g}"] for g in groups) == metrics["test_clips"]
     assert all(f"test_{d}_{r}_{g}" in metrics for d in ("greedy", "beam") for r in ("wer", "cer") for g in groups)
+    # ... and by what augmentation did to the recording
+    conditions = ("clean", "noisy", "reverberant", "telephone")
+    assert sum(metrics[f"test_clips_{c}"] for c in conditions) == metrics["test_clips"]
+    assert all(f"test_{d}_wer_{c}" in metrics for d in ("greedy", "beam") for c in conditions)
     # ... and how it copes with silence around the speech and with long recordings cut in segments
     assert {"test_beam_wer_silence_padded", "test_beam_wer_long_form", "test_long_form_recordings",
             "test_beam_wer_two_sentences", "test_two_sentences_recordings"} <= set(metrics)  # fmt: skip

@@ -560,6 +560,14 @@ def test_voice_novelty_names_what_training_never_heard():
     assert data.voice_novelty("en-gb-x-gbcwmd+zac") == "new_accent_and_variant"
 
 
+def test_recording_condition_names_the_harshest_augmentation():
+    assert data.recording_condition({"reverb": True, "telephone": True, "snr_db": 5.0}) == "telephone"
+    assert data.recording_condition({"reverb": True, "snr_db": 5.0}) == "reverberant"
+    assert data.recording_condition({"snr_db": 19.5}) == "noisy"
+    assert data.recording_condition({"snr_db": 20.0}) == "clean"
+    assert data.recording_condition({}) == "clean"
+
+
 def test_error_rates_by_group_scores_each_group_alone():
     refs = ["one two", "three four", "five six", "seven"]
     hyps = ["one two", "three for", "five six", "eleven"]
