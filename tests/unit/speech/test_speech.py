@@ -566,6 +566,12 @@ def test_recording_condition_names_the_harshest_augmentation():
     assert data.recording_condition({"snr_db": 19.5}) == "noisy"
     assert data.recording_condition({"snr_db": 20.0}) == "clean"
     assert data.recording_condition({}) == "clean"
+    # ... read from the metadata data.augment really writes: every condition, each one right
+    wave = np.sin(np.linspace(0, 400, 3200)).astype(np.float32)
+    infos = [data.augment(wave, np.random.default_rng(seed))[1] for seed in range(40)]
+    assert {data.recording_condition(info) for info in infos} == {"clean", "noisy", "reverberant", "telephone"}
+    assert all(data.recording_condition(info) == "clean" for info in infos if not info.get("reverb")
+               and not info.get("telephone") and info.get("snr_db", 30.0) >= 20)  # fmt: skip
 
 
 def test_error_rates_by_group_scores_each_group_alone():
