@@ -41,7 +41,7 @@ from mmserve.plugins.speech.data import (
     default_cache_dir,
     split_dir,
 )
-from mmserve.plugins.speech.evaluate import clip_features, ctc_transcribe, error_rates, transcribe
+from mmserve.plugins.speech.evaluate import clip_features, ctc_transcribe, error_rates, silence_padded, transcribe
 from mmserve.plugins.speech.feature_cache import split_features
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, normalize_utterance
 from mmserve.plugins.speech.model import (
@@ -77,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
     # validate on the val clips and on the same sentences read by new random speakers
     # ("val-voices"), so that the best weights are the best for both
     "val_new_speakers": False,
+    # ... and on the val clips again with half a second of their background before and after
+    # (`evaluate.silence_padded`, what `speech.tune --padded` scores), so that the best weights
+    # are also the best for recordings that do not start with the speech
+    "val_padded": False,
     "data_workers": 4,  # espeak-ng subprocesses at once while generating
     # an artifact directory to start from, e.g. to continue a run: the same model settings, or
     # more listener blocks than it has (new blocks start as the identity: the model grows deeper)
@@ -308,6 +312,19 @@ def _over_budget(started: float, s: dict[str, Any]) -> bool:
     return s["time_budget_minutes"] > 0 and time.monotonic() - started > 60 * s["time_budget_minutes"]
 
 
+def validation_set(val_sets: list[SpeechClips], featurizer: LogMel, padded: bool = False,
+                   device: torch.device | str = "cpu", progress: bool = False) -> tuple[list[torch.Tensor], list[str]]:  # fmt: skip
+    """Features [T, F] and transcripts of what training validates on: every clip of each set,
+    then, when `padded`, the first set's (the val clips) again with their background around them."""
+    features = [x for clips in val_sets for x in clip_features(clips, featurizer, progress, f"features {clips.directory.name}", device)]
+    texts = [clips.text(i) for clips in val_sets for i in range(len(clips))]
+    if padded:
+        val = val_sets[0]
+        features += [featurizer(torch.from_numpy(wave).to(device)).cpu() for wave in silence_padded([w for w, _ in val])]
+        texts += [val.text(i) for i in range(len(val))]
+    return features, texts
+
+
 @torch.no_grad()
 def validate_ctc(model: ListenAttendSpell, features: list[torch.Tensor], texts: list[str]) -> dict[str, float]:
     """Validation of the listener alone (CTC best path), while it is pretrained."""
@@ -369,8 +386,7 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
     val_sets = [SpeechClips(split_dir(cache, "val", sizes))]
     if s["val_new_speakers"]:
         val_sets.append(SpeechClips(build_new_speaker_val(cache, sizes, s["data_workers"], s["progress"])))
-    val_x = [x for clips in val_sets for x in clip_features(clips, featurizer, s["progress"], f"features {clips.directory.name}", device)]
-    val_texts = [clips.text(i) for clips in val_sets for i in range(len(clips))]
+    val_x, val_texts = validation_set(val_sets, featurizer, s["val_padded"], device, s["progress"])
     if s["extra_train_clips"] and not streaming:
         for folder in build_extra_train(cache, sizes, s["extra_train_clips"], s["data_workers"], s["progress"]):
             add_clips(folder)
@@ -386,7 +402,8 @@ def train_speech(options: TrainOptions, logger: RunLogger) -> TrainResult:
         total_steps = min(total_steps, options.max_steps)
     params = {"task": "speech", "epochs": options.epochs, "batch_size": options.batch_size,
               "learning_rate": options.learning_rate, "seed": options.seed, "max_steps": options.max_steps,
-              "total_steps": total_steps, "parameters": sum(p.numel() for p in model.parameters()), **s}  # fmt: skip
+              "total_steps": total_steps, "parameters": sum(p.numel() for p in model.parameters()),
+              "val_utterances": len(val_x), **s}  # fmt: skip
     logger.log_params(params)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate, weight_decay=s["weight_decay"])
     schedule = partial(_lr_factor, total=total_steps, warmup=s["warmup_steps"], floor=s["min_lr_ratio"])

@@ -54,11 +54,11 @@ def test_training_with_extra_clips_written_first_or_by_the_stream(tmp_path):
     assert kept == ["0000000-0000006", "train"]
 
 
-def test_training_with_new_speakers_validates_on_them_too(tmp_path, monkeypatch):
+def test_training_with_new_speakers_validates_on_them_and_on_padded_val_clips_too(tmp_path, monkeypatch):
     monkeypatch.setenv("MMSERVE_DATA_DIR", str(tmp_path))  # the espeak-ng copy with the random speakers
     sizes = {"train": 12, "val": 3, "test": 3}
     result, logger = train(tmp_path, "voices", new_speaker_clips=5, varied_speaker_clips=3, accent_clips=2,
-                           val_new_speakers=True)  # fmt: skip
+                           val_new_speakers=True, val_padded=True)  # fmt: skip
     # 12 + 5 new-speaker + 3 varied-speaker + 2 accented clips, and 20 % as many silent ones
     assert set(pool_sizes(logger)) == {26}
     parent = data.split_dir(tmp_path / "data", "train", sizes).parent
@@ -67,6 +67,7 @@ def test_training_with_new_speakers_validates_on_them_too(tmp_path, monkeypatch)
         speakers = {s.name for s in random_voices.split_speakers(split)}
         assert len(written) == count and all(m["voice"].partition("+")[2] in speakers for m in written.clips)
     assert len(data.SpeechClips(data.split_dir(tmp_path / "data", "val-voices", sizes))) == 3
+    assert logger.params["val_utterances"] == 3 + 3 + 3  # val, val-voices, val padded
     assert result.metrics["val_cer"] >= 0
 
 

@@ -1,4 +1,5 @@
-"""Features of a cached split: computed once, kept beside its waves, mapped back later."""
+"""Features of a cached split: computed once, kept beside its waves, mapped back later; and the
+features training validates on."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from mmserve.plugins.speech.data import SAMPLE_RATE, SpeechClips
-from mmserve.plugins.speech.evaluate import clip_features
+from mmserve.plugins.speech.evaluate import SILENCE_PAD_S, clip_features
 from mmserve.plugins.speech.feature_cache import features_path, split_features
 from mmserve.plugins.speech.features import FeatureConfig, LogMel
+from mmserve.plugins.speech.train import validation_set
 
 
 def write_split(folder, lengths=(8000, 12345, 401)):
@@ -60,3 +62,19 @@ def test_a_file_that_does_not_fit_the_clips_is_refused(tmp_path):
     np.save(features_path(clips.directory, featurizer.config), np.zeros((5, 16), np.float16))
     with pytest.raises(AssertionError, match="delete it"):
         split_features(clips, featurizer)
+
+
+def test_training_validates_on_every_set_and_on_the_val_clips_padded_when_asked(tmp_path):
+    val, voices = write_split(tmp_path / "val"), write_split(tmp_path / "val-voices", lengths=(4000, 6000))
+    featurizer = LogMel(FeatureConfig(n_mels=16, hop_length=160))
+    plain, plain_texts = validation_set([val, voices], featurizer)
+    expected = clip_features(val, featurizer) + clip_features(voices, featurizer)
+    assert len(plain) == 5 and all(torch.equal(a, b) for a, b in zip(plain, expected))
+    assert plain_texts == ["clip 0", "clip 1", "clip 2", "clip 0", "clip 1"]
+
+    padded, padded_texts = validation_set([val, voices], featurizer, padded=True)
+    assert all(torch.equal(a, b) for a, b in zip(padded[:5], plain))
+    # The val clips once more (not the other sets), each with its background on both sides.
+    assert padded_texts == plain_texts + ["clip 0", "clip 1", "clip 2"]
+    extra_frames = round(2 * SILENCE_PAD_S * SAMPLE_RATE / 160)
+    assert [len(x) for x in padded[5:]] == [len(x) + extra_frames for x in plain[:3]]
