@@ -121,6 +121,7 @@ eval-music: install
 # GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95, 90, 90 and 90 on
 # the served features, 8 more on a GPU, 85 on the CPU and 100 with two-sentence recordings,
 # 100, 105 and 75 with random speakers, voice sources and accents, 72 with a listener grown again, 80 more,
+# 85 with a listener grown once more,
 # then the character LM and the decoding weights (see plugins/speech/README.md); then WER / CER
 # beside pocketsphinx (the `eval` extra).
 SPEECH_DEVICE ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
@@ -233,10 +234,16 @@ train-speech: install
 		--set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 --set accent_clips=60000 \
 		--set val_new_speakers=true --set eval_every=800 --set time_budget_minutes=72
 	# 80 more on the same pool, 60 % of the clips (was 50 %) with background around the speech
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s23 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s22 --set listener_blocks_8x=2 --set join_prob=0.3 --set join_gap_seconds=0.3 \
 		--set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 --set accent_clips=60000 \
 		--set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set time_budget_minutes=80
+	# 85 more with a third residual block after the 8x BiLSTM (1.36 M -> 1.66 M parameters), the
+	# best step chosen on the val clips padded with their background as well as on val and new speakers
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s23 --set listener_blocks_8x=3 --set join_prob=0.3 --set join_gap_seconds=0.3 \
+		--set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 --set accent_clips=60000 \
+		--set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true --set time_budget_minutes=85
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, as they are, padded with their background and read by new speakers, features normalised
 	# on the speech (plugins/speech/README.md; the LM, off since stage 13, is not in the grid)
