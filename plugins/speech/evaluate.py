@@ -65,12 +65,25 @@ def error_rates_by_group(references: Sequence[str], hypotheses: Sequence[str],
 
 
 def background(wave: np.ndarray, seconds: float, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
-    """`seconds` of the clip's background: white noise at the level of its quietest tenth of
-    20 ms frames (its noise floor; every test clip carries noise)."""
+    """`seconds` of the clip's background: noise with the spectrum and level of its quietest
+    tenth of 20 ms frames (its noise floor; every test clip carries noise). Shaped rather than
+    white, because a floor is rarely white: white noise around a telephone-band clip would put
+    energy above 3.4 kHz that no telephone line carries, and the padded clips would measure
+    that oddity instead of a recording that starts before its speaker."""
     frame = sample_rate // 50
-    frames = wave[: len(wave) // frame * frame].reshape(-1, frame)
-    level = float(np.sqrt(np.percentile(np.square(frames).mean(axis=1), 10))) if len(frames) else 0.0
-    return rng.standard_normal(int(seconds * sample_rate)).astype(np.float32) * level
+    frames = wave[: len(wave) // frame * frame].reshape(-1, frame).astype(np.float64)
+    length = int(seconds * sample_rate)
+    if not len(frames) or length == 0:
+        return np.zeros(length, dtype=np.float32)
+    energy = np.square(frames).mean(axis=1)
+    quiet = frames[energy <= np.percentile(energy, 10)]
+    level = float(np.sqrt(np.square(quiet).mean()))
+    floor_spectrum = np.sqrt(np.mean(np.abs(np.fft.rfft(quiet * np.hanning(frame), axis=1)) ** 2, axis=0))
+    white = np.fft.rfft(rng.standard_normal(length))
+    gain = np.interp(np.linspace(0.0, 1.0, len(white)), np.linspace(0.0, 1.0, len(floor_spectrum)), floor_spectrum)
+    shaped = np.fft.irfft(white * gain, length)
+    rms = float(np.sqrt(np.square(shaped).mean()))
+    return (shaped * (level / rms if rms > 0 else 0.0)).astype(np.float32)
 
 
 def pad_with_background(wave: np.ndarray, seconds: float, seed: int, sample_rate: int = 16000) -> np.ndarray:

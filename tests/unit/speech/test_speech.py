@@ -19,6 +19,7 @@ from mmserve.plugins.speech import lm as speech_lm
 from mmserve.plugins.speech.checkpoint import load_speech_model, save_speech_model
 from mmserve.plugins.speech.evaluate import (
     SILENCE_PAD_S,
+    background,
     error_rates,
     error_rates_by_group,
     long_recordings,
@@ -658,6 +659,21 @@ def test_pad_with_background_adds_noise_at_the_clips_floor_both_sides():
     floor = np.sqrt(np.mean(np.square(padded[:4000])))
     assert 0.005 < floor < 0.02  # the quiet half's level, not the loud half's
     assert np.array_equal(pad_with_background(speech, 0.25, seed=1), padded)  # seeded
+
+
+def test_background_has_the_spectrum_of_the_clips_floor():
+    # A telephone-band clip: speech and floor both band-limited to 300-3400 Hz. Its background
+    # must be too (white noise would put half its energy above 3.4 kHz).
+    rng = np.random.default_rng(0)
+    loud, quiet = (data.telephone_band(rng.standard_normal(16000).astype(np.float32)) * level for level in (0.3, 0.01))
+    clip = np.concatenate([loud, quiet]).astype(np.float32)
+    noise = background(clip, 1.0, np.random.default_rng(1))
+    power = np.abs(np.fft.rfft(noise)) ** 2
+    freqs = np.fft.rfftfreq(len(noise), 1 / 16000)
+    assert power[freqs > 4000].sum() < 0.02 * power.sum()
+    floor = np.sqrt(np.mean(np.square(quiet)))
+    assert abs(np.sqrt(np.mean(np.square(noise))) / floor - 1) < 0.2  # the floor's level
+    assert background(np.zeros(0, np.float32), 0.1, np.random.default_rng(1)).shape == (1600,)
 
 
 def test_silence_padded_pads_each_clip_seeded_by_its_index():
