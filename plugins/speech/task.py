@@ -56,15 +56,8 @@ class SpeechTask(Task):
     # after (stage-10 model, greedy WER, features normalised on the speech +- 0.2 s): 0.3 s
     # 48.5 / 70.6 %, 0.4 s 47.4 / 70.8 %, 0.5 s 47.1 / 74.3 %, uncut 46.8 / 79.4 %.
     # (`python -m mmserve.plugins.speech.tune --model-dir <stage 10> --stats-margin-s 0.2 --silence-report 0.3 0.4 0.5 1000`)
-    # Checked again on the stage-24 model with the padding shaped like each clip's own floor
-    # (evaluate.background; greedy, w = 0.1): 0.2 s 33.0 / 33.1 %, 0.3 s 31.3 / 32.9 %, 0.4 s
-    # 30.05 / 34.2 %, 0.6 s 29.5 / 32.2 %; beam 8 (as they are / padded / 2 and 4 a recording):
-    # 0.4 s 22.9 / 25.7 / 37.2 / 37.6 %, 0.6 s 22.5 / 24.8 / 36.7 / 37.8 %. 0.6 s leads by 0.4
-    # points on the mean, a handful of words of 200 clips: within their noise, so 0.4 s stays.
-    # Stage 25, beam 8, on val and on the 200 val-voices clips (new speakers) too: val 0.4 s
-    # 22.0 / 25.5 / 37.4 / 37.7 %, 0.6 s 21.75 / 24.5 / 37.2 / 37.7 %; val-voices 0.4 s 22.3 /
-    # 25.3 / 37.5 / 39.6 %, 0.6 s 22.0 / 24.4 / 38.1 / 40.3 %. Over 400 clips 0.6 s leads by 0.2
-    # points: better on single sentences, worse on the new speakers' joined recordings; 0.4 s stays.
+    # Checked again on stages 24 and 25 (TRAINING_LOG.md, "The silence kept around the speech"):
+    # 0.6 s leads by 0.2-0.4 points of val beam WER, within the noise, so 0.4 s stays.
     keep_silence_s = 0.4
     segment_separator = " "
 
