@@ -7,7 +7,8 @@ clipping. Batches hold utterances of similar length (less padding); the speller'
 goes from short to long. Every `eval_every` steps and at each epoch's end the validation
 loss, CER and WER (greedy) are logged, and the weights with the best validation CER so far
 are written to the output directory at once. `init_from` continues from an artifact
-directory.
+directory, grown first if these settings ask for more listener blocks or a wider speller
+(grow.py).
 
 Knobs live in `DEFAULTS`, overridden with `mmserve train speech --set key=value`.
 """
@@ -44,6 +45,7 @@ from mmserve.plugins.speech.data import (
 from mmserve.plugins.speech.evaluate import clip_features, ctc_transcribe, error_rates, silence_padded, transcribe
 from mmserve.plugins.speech.feature_cache import split_features
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, normalize_utterance
+from mmserve.plugins.speech.grow import grow_from
 from mmserve.plugins.speech.model import (
     ListenAttendSpell,
     ListenerConfig,
@@ -175,18 +177,6 @@ def build_model(s: dict[str, Any]) -> ListenAttendSpell:
     )  # fmt: skip
     features = FeatureConfig(n_mels=s["n_mels"], stats_margin_s=s["stats_margin_s"] if s["stats_margin_s"] >= 0 else None)
     return ListenAttendSpell(SpeechConfig(features, listener, decoder), vocab)
-
-
-def grow_from(model: ListenAttendSpell, trained: ListenAttendSpell) -> None:
-    """Copy `trained`'s weights into `model`, which has the same settings or more listener
-    blocks; the blocks `trained` lacks keep their identity start, so `model` computes what
-    `trained` did."""
-    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
-    new_blocks = [k for k in missing if k.startswith(("listener.blocks4.", "listener.blocks8."))]
-    assert not unexpected and len(new_blocks) == len(missing), (
-        f"init_from differs from these settings beyond added listener blocks: "
-        f"missing {sorted(set(missing) - set(new_blocks))}, unexpected {sorted(unexpected)}"
-    )
 
 
 def spec_augment(features: torch.Tensor, rng: random.Random, s: dict[str, Any]) -> torch.Tensor:

@@ -27,6 +27,7 @@ from mmserve.plugins.speech.evaluate import (
     silence_padded,
 )
 from mmserve.plugins.speech.features import FeatureConfig, LogMel, frames_for, normalize_utterance
+from mmserve.plugins.speech.grow import grow_from
 from mmserve.plugins.speech.model import SpeechConfig, ctc_loss, guided_attention_loss, memory_lengths, speech_loss
 from mmserve.plugins.speech.preprocess import audio_bytes_to_features, waveform_to_wav
 from mmserve.plugins.speech.task import SpeechTask, word_times
@@ -34,7 +35,6 @@ from mmserve.plugins.speech.text import char_vocabulary, decode_chars, encode_ch
 from mmserve.plugins.speech.train import (
     augment,
     build_model,
-    grow_from,
     join_pairs,
     keep_checkpoint,
     length_batches,
@@ -137,6 +137,42 @@ def test_a_model_grown_by_listener_blocks_starts_as_the_trained_one_and_trains_t
     blocks = [*grown.listener.blocks4, *grown.listener.blocks8]
     assert all(block.out.weight.abs().sum() > 0 for block in blocks), "every new block should have started to learn"
     assert all(block.lstm.weight_ih_l0.grad.abs().sum() > 0 for block in blocks)
+
+
+def test_a_model_grown_by_a_wider_speller_starts_as_the_trained_one_and_trains_the_new_units():
+    trained = tiny_model()
+    for parameter in trained.decoder.parameters():  # trained weights everywhere, biases included
+        torch.nn.init.normal_(parameter, std=0.3)
+    old = TINY["speller_hidden"]
+    grown = build_model(resolve_settings({**TINY, "speller_hidden": old + 8, "listener_blocks_8x": 1}))
+    grow_from(grown, trained)
+    grown.eval()
+    feats = random_features([80, 64], seed=3)
+    vocab = trained.vocab
+    targets = pad_targets([encode_chars(vocab, "hi there"), encode_chars(vocab, "yo")], vocab.pad_id)
+    batch = trained.collate(feats)
+    with torch.no_grad():
+        before, _ = speech_loss(trained, batch, targets, 0.1, 0.3)
+        after, _ = speech_loss(grown, batch, targets, 0.1, 0.3)
+        memory = grown.encode(batch)
+        state = grown.init_state(memory)
+    torch.testing.assert_close(after, before)
+    assert state["h"][:, 0, old:].abs().sum() > 0, "the new units should run from the start"
+    optimizer = torch.optim.Adam(grown.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        speech_loss(grown.train(), batch, targets, 0.1, 0.3)[0].backward()
+        optimizer.step()
+    decoder = grown.decoder
+    assert decoder.out.weight[:, old : old + 8].abs().sum() > 0, "the output layer should start to read the new units"
+    assert decoder.attention.query_proj.weight[:, old:].abs().sum() > 0
+    assert decoder.cells[0].weight_hh[:, old:].abs().sum() > 0
+
+
+def test_a_speller_cannot_be_grown_narrower():
+    narrow = build_model(resolve_settings({**TINY, "speller_hidden": TINY["speller_hidden"] - 4}))
+    with pytest.raises(AssertionError, match="only grow wider"):
+        grow_from(narrow, tiny_model())
 
 
 def test_growing_refuses_a_model_that_differs_beyond_listener_blocks():
