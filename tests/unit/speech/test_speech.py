@@ -116,24 +116,30 @@ def test_listener_blocks_batch_like_one_by_one():
             torch.testing.assert_close(x4[i, : n4[0]], alone4[0], atol=1e-5, rtol=1e-4)
 
 
-def test_a_model_grown_by_listener_blocks_starts_as_the_trained_one_and_trains_them():
-    trained = tiny_model()
-    grown = build_model(resolve_settings({**TINY, "listener_blocks_4x": 1, "listener_blocks_8x": 2}))
+def grow_and_train(trained, grown, seed: int):
+    """Grow `trained` into `grown`, check both compute the same loss, then take three Adam steps
+    on `grown`. Returns the grown model's initial decoder state before training."""
     grow_from(grown, trained)
     grown.eval()
-    feats = random_features([80, 64], seed=2)
     vocab = trained.vocab
     targets = pad_targets([encode_chars(vocab, "hi there"), encode_chars(vocab, "yo")], vocab.pad_id)
-    batch = trained.collate(feats)
+    batch = trained.collate(random_features([80, 64], seed=seed))
     with torch.no_grad():
         before, _ = speech_loss(trained, batch, targets, 0.1, 0.3)
         after, _ = speech_loss(grown, batch, targets, 0.1, 0.3)
+        state = grown.init_state(grown.encode(batch))
     torch.testing.assert_close(after, before)
     optimizer = torch.optim.Adam(grown.parameters(), lr=1e-2)
     for _ in range(3):
         optimizer.zero_grad()
         speech_loss(grown.train(), batch, targets, 0.1, 0.3)[0].backward()
         optimizer.step()
+    return state
+
+
+def test_a_model_grown_by_listener_blocks_starts_as_the_trained_one_and_trains_them():
+    grown = build_model(resolve_settings({**TINY, "listener_blocks_4x": 1, "listener_blocks_8x": 2}))
+    grow_and_train(tiny_model(), grown, seed=2)
     blocks = [*grown.listener.blocks4, *grown.listener.blocks8]
     assert all(block.out.weight.abs().sum() > 0 for block in blocks), "every new block should have started to learn"
     assert all(block.lstm.weight_ih_l0.grad.abs().sum() > 0 for block in blocks)
@@ -145,24 +151,8 @@ def test_a_model_grown_by_a_wider_speller_starts_as_the_trained_one_and_trains_t
         torch.nn.init.normal_(parameter, std=0.3)
     old = TINY["speller_hidden"]
     grown = build_model(resolve_settings({**TINY, "speller_hidden": old + 8, "listener_blocks_8x": 1}))
-    grow_from(grown, trained)
-    grown.eval()
-    feats = random_features([80, 64], seed=3)
-    vocab = trained.vocab
-    targets = pad_targets([encode_chars(vocab, "hi there"), encode_chars(vocab, "yo")], vocab.pad_id)
-    batch = trained.collate(feats)
-    with torch.no_grad():
-        before, _ = speech_loss(trained, batch, targets, 0.1, 0.3)
-        after, _ = speech_loss(grown, batch, targets, 0.1, 0.3)
-        memory = grown.encode(batch)
-        state = grown.init_state(memory)
-    torch.testing.assert_close(after, before)
+    state = grow_and_train(trained, grown, seed=3)
     assert state["h"][:, 0, old:].abs().sum() > 0, "the new units should run from the start"
-    optimizer = torch.optim.Adam(grown.parameters(), lr=1e-2)
-    for _ in range(3):
-        optimizer.zero_grad()
-        speech_loss(grown.train(), batch, targets, 0.1, 0.3)[0].backward()
-        optimizer.step()
     decoder = grown.decoder
     assert decoder.out.weight[:, old : old + 8].abs().sum() > 0, "the output layer should start to read the new units"
     assert decoder.attention.query_proj.weight[:, old:].abs().sum() > 0
