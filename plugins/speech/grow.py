@@ -44,6 +44,7 @@ def widened_speller_state(
     weight that reads a new unit is zero."""
     assert new_width > old_width, f"a speller can only grow wider ({old_width} -> {new_width})"
     assert fresh["decoder.init_h.weight"].shape[0] == new_width, "only a one-layer speller can be widened"
+    assert "decoder.init_c.weight" in fresh, "only an LSTM speller can be widened"
     old_rows = torch.cat([gate * new_width + torch.arange(old_width) for gate in range(LSTM_GATES)])
     state = dict(trained)
 
