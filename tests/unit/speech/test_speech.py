@@ -159,10 +159,30 @@ def test_a_model_grown_by_a_wider_speller_starts_as_the_trained_one_and_trains_t
     assert decoder.cells[0].weight_hh[:, old:].abs().sum() > 0
 
 
-def test_a_speller_cannot_be_grown_narrower():
-    narrow = build_model(resolve_settings({**TINY, "speller_hidden": TINY["speller_hidden"] - 4}))
+def test_a_model_grown_by_wider_listener_blocks_starts_as_the_trained_one_and_trains_the_new_units():
+    torch.manual_seed(0)
+    trained = build_model(resolve_settings({**TINY, "listener_blocks_4x": 1, "listener_blocks_8x": 1,
+                                            "listener_block_hidden": 6})).eval()  # fmt: skip
+    blocks = [*trained.listener.blocks4, *trained.listener.blocks8]
+    for parameter in (p for block in blocks for p in block.parameters()):  # trained blocks: not the identity
+        torch.nn.init.normal_(parameter, std=0.3)
+    grown = build_model(resolve_settings({**TINY, "listener_blocks_4x": 1, "listener_blocks_8x": 2,
+                                          "listener_block_hidden": 10}))  # fmt: skip
+    grow_and_train(trained, grown, seed=4)
+    for block in [*grown.listener.blocks4, *grown.listener.blocks8][:2]:
+        forward_new, backward_new = block.out.weight[:, 6:10], block.out.weight[:, 16:]
+        assert forward_new.abs().sum() > 0 and backward_new.abs().sum() > 0, "the projection should read the new units"
+        assert block.lstm.weight_hh_l0[:, 6:].abs().sum() > 0 and block.lstm.weight_hh_l0_reverse[:, 6:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("setting", ["speller_hidden", "listener_block_hidden"])
+def test_a_model_cannot_be_grown_narrower(setting):
+    with_blocks = {**TINY, "listener_blocks_8x": 1, "listener_block_hidden": 8}
+    torch.manual_seed(0)
+    trained = build_model(resolve_settings(with_blocks))
+    narrow = build_model(resolve_settings({**with_blocks, setting: 4}))
     with pytest.raises(AssertionError, match="only grow wider"):
-        grow_from(narrow, tiny_model())
+        grow_from(narrow, trained)
 
 
 def test_growing_refuses_a_model_that_differs_beyond_listener_blocks():
