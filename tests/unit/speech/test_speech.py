@@ -185,7 +185,7 @@ def test_a_model_cannot_be_grown_narrower(setting):
         grow_from(narrow, trained)
 
 
-def test_growing_refuses_a_model_that_differs_beyond_listener_blocks():
+def test_growing_refuses_a_model_that_differs_beyond_growing():
     without_ctc = build_model(resolve_settings({**TINY, "ctc": False}))
     with pytest.raises(AssertionError, match="unexpected"):
         grow_from(without_ctc, tiny_model())
