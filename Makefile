@@ -258,11 +258,17 @@ train-speech: install
 		--set accent_clips=60000 --set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true \
 		--set time_budget_minutes=100
 	# 100 more with the speller widened again, 256 -> 384 (2.28 M -> 2.74 M parameters), the same pool and criterion
-	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s27 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
 		--set init_from=/tmp/mmserve-speech-s26 --set listener_blocks_8x=4 --set speller_hidden=384 --set join_prob=0.3 \
 		--set join_gap_seconds=0.3 --set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 \
 		--set accent_clips=60000 --set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true \
 		--set time_budget_minutes=100
+	# 97 more with every listener block widened 128 -> 160 units a direction (2.74 M -> 3.31 M parameters), the same pool and criterion
+	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
+		--set init_from=/tmp/mmserve-speech-s27 --set listener_blocks_8x=4 --set listener_block_hidden=160 --set speller_hidden=384 \
+		--set join_prob=0.3 --set join_gap_seconds=0.3 --set extra_train_clips=40000 --set new_speaker_clips=40000 \
+		--set varied_speaker_clips=20000 --set accent_clips=60000 --set val_new_speakers=true --set eval_every=800 \
+		--set edge_pad_prob=0.6 --set val_padded=true --set time_budget_minutes=97
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, as they are, padded with their background and read by new speakers, features normalised
 	# on the speech (plugins/speech/README.md; the LM, off since stage 13, is not in the grid)
