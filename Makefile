@@ -121,7 +121,8 @@ eval-music: install
 # GPU and 100 on a CPU with fresh clips written meanwhile, 110 with a deeper listener, 95, 105 and 100 more, 95, 90, 90 and 90 on
 # the served features, 8 more on a GPU, 85 on the CPU and 100 with two-sentence recordings,
 # 100, 105 and 75 with random speakers, voice sources and accents, 72 with a listener grown again, 80 more,
-# 85 with a listener grown once more,
+# 85 with a listener grown once more, 95 with a fourth block, 100 and 100 with the speller widened twice and 97
+# with every block widened,
 # then the character LM and the decoding weights (see plugins/speech/README.md); then WER / CER
 # beside pocketsphinx (the `eval` extra).
 SPEECH_DEVICE ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
@@ -132,6 +133,12 @@ SPEECH_SERVED_FEATURES = --epochs 300 --lr 3e-4 --set listener_blocks_4x=1 --set
 	--set listener_block_hidden=128 --set extra_train_clips=120000 --set extra_clip_processes=0 \
 	--set ctc_pretrain_steps=0 --set warmup_steps=100 --set eval_every=400 --set curriculum_epochs=0 \
 	--set stats_margin_s=0.2 --set edge_pad_seconds=0.5 --set edge_pad_prob=0.5 --set num_threads=2
+# stages 24 on: the pool of stage 22 (40,000 random-speaker and 60,000 accented clips besides the
+# extra and varied ones), 30 % two-sentence batches, 60 % of the clips with background around the
+# speech, the best step chosen on val, new speakers and padded val
+SPEECH_STAGE24_POOL = --set join_prob=0.3 --set join_gap_seconds=0.3 --set extra_train_clips=40000 \
+	--set new_speaker_clips=40000 --set varied_speaker_clips=20000 --set accent_clips=60000 --set val_new_speakers=true \
+	--set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true
 train-speech: install
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-ctc $(SPEECH_RECIPE) --lr 3e-3 \
 		--max-steps 1000 --set time_budget_minutes=39 --set ctc_pretrain_fraction=0.3 --set eval_every=250
@@ -241,34 +248,21 @@ train-speech: install
 	# 85 more with a third residual block after the 8x BiLSTM (1.36 M -> 1.66 M parameters), the
 	# best step chosen on the val clips padded with their background as well as on val and new speakers
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s24 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
-		--set init_from=/tmp/mmserve-speech-s23 --set listener_blocks_8x=3 --set join_prob=0.3 --set join_gap_seconds=0.3 \
-		--set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 --set accent_clips=60000 \
-		--set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true --set time_budget_minutes=85
+		$(SPEECH_STAGE24_POOL) --set init_from=/tmp/mmserve-speech-s23 --set listener_blocks_8x=3 --set time_budget_minutes=85
 	# 95 more with a fourth block after the 8x BiLSTM (1.66 M -> 1.96 M parameters), the same pool and
 	# criterion (its padded val clips now on the background shaped like each clip's floor)
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s25 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
-		--set init_from=/tmp/mmserve-speech-s24 --set listener_blocks_8x=4 --set join_prob=0.3 --set join_gap_seconds=0.3 \
-		--set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 --set accent_clips=60000 \
-		--set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true --set time_budget_minutes=95
+		$(SPEECH_STAGE24_POOL) --set init_from=/tmp/mmserve-speech-s24 --set listener_blocks_8x=4 --set time_budget_minutes=95
 	# 100 more with the speller widened 128 -> 256 (the new units' outgoing weights start at zero,
 	# grow.py; 1.96 M -> 2.28 M parameters), the same pool and criterion
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s26 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
-		--set init_from=/tmp/mmserve-speech-s25 --set listener_blocks_8x=4 --set speller_hidden=256 --set join_prob=0.3 \
-		--set join_gap_seconds=0.3 --set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 \
-		--set accent_clips=60000 --set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true \
-		--set time_budget_minutes=100
+		$(SPEECH_STAGE24_POOL) --set init_from=/tmp/mmserve-speech-s25 --set listener_blocks_8x=4 --set speller_hidden=256 --set time_budget_minutes=100
 	# 100 more with the speller widened again, 256 -> 384 (2.28 M -> 2.74 M parameters), the same pool and criterion
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir /tmp/mmserve-speech-s27 $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
-		--set init_from=/tmp/mmserve-speech-s26 --set listener_blocks_8x=4 --set speller_hidden=384 --set join_prob=0.3 \
-		--set join_gap_seconds=0.3 --set extra_train_clips=40000 --set new_speaker_clips=40000 --set varied_speaker_clips=20000 \
-		--set accent_clips=60000 --set val_new_speakers=true --set eval_every=800 --set edge_pad_prob=0.6 --set val_padded=true \
-		--set time_budget_minutes=100
+		$(SPEECH_STAGE24_POOL) --set init_from=/tmp/mmserve-speech-s26 --set listener_blocks_8x=4 --set speller_hidden=384 --set time_budget_minutes=100
 	# 97 more with every listener block widened 128 -> 160 units a direction (2.74 M -> 3.31 M parameters), the same pool and criterion
 	$(BIN)/mmserve train speech --no-register --no-eval --output-dir plugins/speech/weights $(SPEECH_RECIPE) $(SPEECH_SERVED_FEATURES) \
-		--set init_from=/tmp/mmserve-speech-s27 --set listener_blocks_8x=4 --set listener_block_hidden=160 --set speller_hidden=384 \
-		--set join_prob=0.3 --set join_gap_seconds=0.3 --set extra_train_clips=40000 --set new_speaker_clips=40000 \
-		--set varied_speaker_clips=20000 --set accent_clips=60000 --set val_new_speakers=true --set eval_every=800 \
-		--set edge_pad_prob=0.6 --set val_padded=true --set time_budget_minutes=97
+		$(SPEECH_STAGE24_POOL) --set init_from=/tmp/mmserve-speech-s27 --set listener_blocks_8x=4 --set listener_block_hidden=160 --set speller_hidden=384 --set time_budget_minutes=97
 	# the character LM for shallow fusion, then the joint CTC/attention and LM weights, chosen
 	# by beam WER on the val clips, as they are, padded with their background and read by new speakers, features normalised
 	# on the speech (plugins/speech/README.md; the LM, off since stage 13, is not in the grid)
